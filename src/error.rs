@@ -1,0 +1,171 @@
+//! The one error type, and the one table from errors to `errno`.
+
+use nix::errno::Errno;
+use std::fmt;
+use std::io;
+
+/// Result of shmq operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What went wrong. Every error has the `errno` that Linux's `mq_*` would
+/// give for the same call ([`Error::errno`]); the variants that Linux cannot
+/// produce (a file that is not a queue) carry a description as well.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A plain `errno`.
+    Os(Errno),
+    /// The file exists but is not a shmq queue (`EBADMSG`).
+    NotAQueue(String),
+    /// A queue of a layout version this library cannot use (`EPROTO`).
+    Incompatible {
+        /// Version found in the file (`major << 16 | minor`).
+        found: u32,
+        /// Version this library writes.
+        expected: u32,
+    },
+    /// The queue's shared structures are damaged beyond repair (`EBADMSG`).
+    Corrupted(String),
+}
+
+impl Error {
+    /// The `errno` value for this error.
+    pub fn errno(&self) -> Errno {
+        match self {
+            Error::Os(e) => *e,
+            Error::NotAQueue(_) => Errno::EBADMSG,
+            Error::Incompatible { .. } => Errno::EPROTO,
+            Error::Corrupted(_) => Errno::EBADMSG,
+        }
+    }
+
+    /// The symbolic name of the errno, e.g. `"EAGAIN"`.
+    pub fn errno_name(&self) -> &'static str {
+        errno_name(self.errno())
+    }
+}
+
+impl From<Errno> for Error {
+    fn from(e: Errno) -> Error {
+        Error::Os(e)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Os(e) => write!(f, "{} ({})", describe(*e), errno_name(*e)),
+            Error::NotAQueue(why) => write!(f, "not a shmq queue: {why} (EBADMSG)"),
+            Error::Incompatible { found, expected } => write!(
+                f,
+                "queue layout version {}.{} is not supported (this library uses {}.{}) (EPROTO)",
+                found >> 16,
+                found & 0xffff,
+                expected >> 16,
+                expected & 0xffff
+            ),
+            Error::Corrupted(why) => write!(f, "queue is corrupted: {why} (EBADMSG)"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<Error> for io::Error {
+    /// Plain errnos become `io::Error::from_raw_os_error`, so
+    /// `raw_os_error()` is what Linux would give; the others keep their
+    /// description (`ErrorKind::InvalidData`) and can be downcast back.
+    fn from(e: Error) -> io::Error {
+        match e {
+            Error::Os(errno) => io::Error::from_raw_os_error(errno as i32),
+            other => io::Error::new(io::ErrorKind::InvalidData, other),
+        }
+    }
+}
+
+impl From<Error> for Errno {
+    fn from(e: Error) -> Errno {
+        e.errno()
+    }
+}
+
+/// What an errno means for a queue, in words.
+fn describe(e: Errno) -> &'static str {
+    match e {
+        Errno::EAGAIN => "queue is full or empty and the call would block",
+        Errno::ETIMEDOUT => "timed out",
+        Errno::EINTR => "interrupted by a signal",
+        Errno::EMSGSIZE => "message too long for the queue or buffer too short",
+        Errno::EBADF => "descriptor not open for this operation",
+        Errno::EINVAL => "invalid argument",
+        Errno::ENOENT => "no such queue",
+        Errno::EEXIST => "queue already exists",
+        Errno::EACCES => "permission denied",
+        Errno::ENAMETOOLONG => "name too long",
+        Errno::ENOSPC => "no space left for the queue",
+        Errno::EOVERFLOW => "queue size overflows",
+        Errno::EBUSY => "another process is registered for notification",
+        Errno::ENOTRECOVERABLE => "queue lock is unrecoverable",
+        e => e.desc(),
+    }
+}
+
+/// The symbolic name of `e`.
+pub fn errno_name(e: Errno) -> &'static str {
+    match e {
+        Errno::EAGAIN => "EAGAIN",
+        Errno::ETIMEDOUT => "ETIMEDOUT",
+        Errno::EINTR => "EINTR",
+        Errno::EMSGSIZE => "EMSGSIZE",
+        Errno::EBADF => "EBADF",
+        Errno::EINVAL => "EINVAL",
+        Errno::ENOENT => "ENOENT",
+        Errno::EEXIST => "EEXIST",
+        Errno::EACCES => "EACCES",
+        Errno::EPERM => "EPERM",
+        Errno::ENAMETOOLONG => "ENAMETOOLONG",
+        Errno::ENOSPC => "ENOSPC",
+        Errno::ENOMEM => "ENOMEM",
+        Errno::EMFILE => "EMFILE",
+        Errno::ENFILE => "ENFILE",
+        Errno::EOVERFLOW => "EOVERFLOW",
+        Errno::EBUSY => "EBUSY",
+        Errno::EBADMSG => "EBADMSG",
+        Errno::EPROTO => "EPROTO",
+        Errno::ENOTRECOVERABLE => "ENOTRECOVERABLE",
+        Errno::EISDIR => "EISDIR",
+        Errno::ENOTDIR => "ENOTDIR",
+        Errno::ELOOP => "ELOOP",
+        Errno::EFBIG => "EFBIG",
+        Errno::EROFS => "EROFS",
+        Errno::ENOSYS => "ENOSYS",
+        Errno::ENOTSUP => "ENOTSUP",
+        Errno::ESRCH => "ESRCH",
+        Errno::EIO => "EIO",
+        _ => "errno",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_table() {
+        let cases = [
+            (Error::Os(Errno::EAGAIN), Errno::EAGAIN),
+            (Error::NotAQueue("x".into()), Errno::EBADMSG),
+            (Error::Incompatible { found: 2 << 16, expected: 1 << 16 }, Errno::EPROTO),
+            (Error::Corrupted("x".into()), Errno::EBADMSG),
+        ];
+        for (err, errno) in cases {
+            assert_eq!(err.errno(), errno);
+            assert!(err.to_string().contains(err.errno_name()), "{err}");
+        }
+        let io: io::Error = Error::Os(Errno::EMSGSIZE).into();
+        assert_eq!(io.raw_os_error(), Some(libc::EMSGSIZE));
+        let io: io::Error = Error::NotAQueue("short".into()).into();
+        assert_eq!(io.kind(), io::ErrorKind::InvalidData);
+        assert!(io.get_ref().unwrap().downcast_ref::<Error>().is_some());
+    }
+}

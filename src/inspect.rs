@@ -1,0 +1,1 @@
+//! Read-only inspection of queues, for tools such as `mqtool`.

@@ -1,0 +1,652 @@
+//! The on-disk layout of a queue file and the only safe window onto it.
+//!
+//! A queue file is a fixed-size [`Header`] followed by `maxmsg` slots of
+//! `stride` bytes each. Every slot starts with a [`SlotHeader`] and holds up to
+//! `msgsize` bytes of payload. All fields are fixed-width atomics, so a
+//! reference to them may exist while other processes write the same bytes.
+//!
+//! Everything in the file is untrusted: another process may have written
+//! anything. [`Region`] keeps a private copy of the geometry (checked once
+//! when the file is opened) and bounds-checks every index against it, so
+//! garbage in the file can make an operation fail, never touch memory outside
+//! the mapping.
+//!
+//! ```text
+//! offset 0        Header (identity, lock, counters, futex words, notify,
+//!                 waiter table, priority bitmap, per-priority tails)
+//! header_size     slot 0: SlotHeader (48 B) + payload (msgsize B), padded to 64
+//! + stride        slot 1 ...
+//! file_size       = header_size + maxmsg * stride
+//! ```
+#![allow(unsafe_code)]
+
+use std::cell::UnsafeCell;
+use std::mem::{offset_of, size_of};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// `"SHMQUEUE"` read as a little-endian integer.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQUEUE");
+/// Layout major version: a reader refuses any other major version.
+pub const VERSION_MAJOR: u32 = 1;
+/// Layout minor version: additions that old readers may ignore.
+pub const VERSION_MINOR: u32 = 0;
+/// `major << 16 | minor`, as stored in [`Header::version`].
+pub const VERSION: u32 = (VERSION_MAJOR << 16) | VERSION_MINOR;
+/// Number of priorities: `0 ..= 32767`, like Linux's `MQ_PRIO_MAX`.
+pub const NPRIO: usize = 32768;
+/// Entries in the table of processes with blocked callers.
+pub const NWAITERS: usize = 128;
+
+/// [`Header::state`]: the file is fully initialised.
+pub const STATE_READY: u32 = 0x5244_5921;
+/// [`Header::state`]: a repair failed; the queue refuses further use.
+pub const STATE_POISONED: u32 = 0x504f_4953;
+
+/// Slot state: on the free list.
+pub const SLOT_FREE: u32 = 0;
+/// Slot state: reserved by a sender that is copying its payload in.
+pub const SLOT_WRITING: u32 = 1;
+/// Slot state: holds a message on its priority's list.
+pub const SLOT_QUEUED: u32 = 2;
+/// Slot state: taken by a receiver that is copying the payload out.
+pub const SLOT_READING: u32 = 3;
+
+/// "No slot" in a link field; links hold `index + 1` where they may be empty.
+pub const NIL: u32 = 0;
+
+/// A process-shared `pthread_mutex_t`, padded to its own cache line.
+///
+/// pthread primitives must not be moved and used from any other memory
+/// address than the one they were located at when they were initialised; this
+/// one lives in the mapping and is only ever used in place.
+#[repr(C, align(64))]
+pub struct LockCell(pub UnsafeCell<libc::pthread_mutex_t>);
+
+/// The registration made by `mq_notify`, guarded by the queue lock.
+#[repr(C)]
+pub struct NotifyReg {
+    /// Registered process, 0 when nobody is registered.
+    pub pid: AtomicI32,
+    /// `SIGEV_NONE`, `SIGEV_SIGNAL` or `SIGEV_THREAD` (as `sigev_notify`).
+    pub kind: AtomicU32,
+    /// Start time of `pid` (clock ticks since boot), to tell pid reuse.
+    pub start: AtomicU64,
+    /// Signal number for `SIGEV_SIGNAL`; for `SIGEV_THREAD`, the signal the
+    /// owner's helper thread waits on.
+    pub signo: AtomicU32,
+    /// Identifies the registration within the owner process.
+    pub token: AtomicU32,
+    /// `sigev_value` (the pointer-sized union, as an integer).
+    pub value: AtomicU64,
+    /// Number of notifications sent (statistics).
+    pub fired: AtomicU64,
+    _reserved: [AtomicU64; 3],
+}
+
+/// Per-process counts of callers blocked in this queue.
+///
+/// A dead process's entry is found by its pid and start time and discounted,
+/// so a `kill -9` of a blocked receiver cannot leave a phantom receiver
+/// behind (that would suppress notifications forever).
+#[repr(C)]
+pub struct WaiterEntry {
+    /// Process id, 0 for an empty entry.
+    pub pid: AtomicI32,
+    /// Receivers of `pid` blocked (spinning or sleeping).
+    pub recv: AtomicU32,
+    /// Start time of `pid`.
+    pub start: AtomicU64,
+    /// Senders of `pid` blocked (spinning or sleeping).
+    pub send: AtomicU32,
+    /// Receivers of `pid` asleep on the futex.
+    pub recv_sleeping: AtomicU32,
+    /// Senders of `pid` asleep on the futex.
+    pub send_sleeping: AtomicU32,
+    _reserved: AtomicU32,
+}
+
+/// The queue header. Fields in the first block are written once, before the
+/// file is linked into place; the rest change under [`Header::lock`] (and
+/// some are also read without it, as hints).
+#[repr(C, align(64))]
+pub struct Header {
+    /// [`MAGIC`].
+    pub magic: AtomicU64,
+    /// [`VERSION`].
+    pub version: AtomicU32,
+    /// [`STATE_READY`] or [`STATE_POISONED`].
+    pub state: AtomicU32,
+    /// Bytes before slot 0.
+    pub header_size: AtomicU32,
+    /// Bytes from one slot to the next.
+    pub stride: AtomicU32,
+    /// Capacity in messages (`mq_maxmsg`).
+    pub maxmsg: AtomicU64,
+    /// Largest payload (`mq_msgsize`).
+    pub msgsize: AtomicU64,
+    /// Size of the whole file.
+    pub file_size: AtomicU64,
+    /// Permission bits the queue was created with (requested mode minus
+    /// umask): the access check uses these, not the file's mode.
+    pub mode: AtomicU32,
+    /// `size_of::<pthread_mutex_t>()` of the creator.
+    pub mutex_size: AtomicU32,
+    /// [`NPRIO`].
+    pub nprio: AtomicU32,
+    /// `size_of::<SlotHeader>()`.
+    pub slot_header_size: AtomicU32,
+
+    /// The robust, process-shared mutex guarding everything below.
+    pub lock: LockCell,
+
+    /// Messages on the priority lists (`mq_curmsgs`).
+    pub curmsgs: AtomicU64,
+    /// Slots on the free list.
+    pub nfree: AtomicU64,
+    /// Next message sequence number (orders messages within a priority).
+    pub next_seq: AtomicU64,
+    /// Head of the free list (`index + 1`, or [`NIL`]).
+    pub free_head: AtomicU32,
+    /// Head of the list of slots being copied (`index + 1`, or [`NIL`]).
+    pub inflight_head: AtomicU32,
+    /// Slots being copied outside the lock.
+    pub ninflight: AtomicU32,
+    /// Receivers blocked (spinning or asleep), summed over the waiter table.
+    pub waiting_recv: AtomicU32,
+    /// Senders blocked (spinning or asleep).
+    pub waiting_send: AtomicU32,
+    /// Receivers asleep on [`Header::not_empty`].
+    pub sleeping_recv: AtomicU32,
+    /// Senders asleep on [`Header::not_full`].
+    pub sleeping_send: AtomicU32,
+    /// Repairs done after a process died or an inconsistency was found.
+    pub repairs: AtomicU32,
+    /// Slots found corrupted (not explained by a crash) during repairs.
+    pub corrupted_slots: AtomicU32,
+    /// Waiter-table overflows (callers that blocked untracked).
+    pub untracked_waits: AtomicU32,
+    /// Messages sent since creation.
+    pub total_sent: AtomicU64,
+    /// Messages received since creation.
+    pub total_received: AtomicU64,
+
+    /// Futex word bumped when a message is published and someone sleeps.
+    pub not_empty: FutexLine,
+    /// Futex word bumped when a slot is freed and someone sleeps.
+    pub not_full: FutexLine,
+
+    /// `mq_notify` registration.
+    pub notify: NotifyReg,
+
+    /// Highest level of the priority bitmap: bit `i` set when `mid[i] != 0`.
+    pub bitmap_top: AtomicU64,
+    /// Middle level: bit `j` of `mid[i]` set when `leaf[i * 64 + j] != 0`.
+    pub bitmap_mid: [AtomicU64; NPRIO / 64 / 64],
+    /// Waiter table.
+    pub waiters: [WaiterEntry; NWAITERS],
+    /// Lowest level: bit `p % 64` of `leaf[p / 64]` set when priority `p`
+    /// has messages.
+    pub bitmap_leaf: [AtomicU64; NPRIO / 64],
+    /// Tail of each priority's circular list (`index + 1`, or [`NIL`]); the
+    /// tail's `next` is the head.
+    pub tails: [AtomicU32; NPRIO],
+}
+
+/// A futex word alone on its cache line.
+#[repr(C, align(64))]
+pub struct FutexLine(pub AtomicU32);
+
+/// The header of every slot.
+#[repr(C)]
+pub struct SlotHeader {
+    /// `SLOT_FREE`, `SLOT_WRITING`, `SLOT_QUEUED` or `SLOT_READING`.
+    pub state: AtomicU32,
+    /// Raw index of the next slot on whatever list this slot is on.
+    pub next: AtomicU32,
+    /// Message priority.
+    pub prio: AtomicU32,
+    /// Process copying into or out of this slot (`WRITING`/`READING`).
+    pub owner_pid: AtomicI32,
+    /// Payload length.
+    pub len: AtomicU64,
+    /// Sequence number given when the message was queued.
+    pub seq: AtomicU64,
+    /// Start time of `owner_pid`.
+    pub owner_start: AtomicU64,
+    _reserved: AtomicU64,
+}
+
+const _: () = assert!(offset_of!(Header, magic) == 0);
+const _: () = assert!(offset_of!(Header, version) == 8);
+const _: () = assert!(offset_of!(Header, state) == 12);
+const _: () = assert!(offset_of!(Header, maxmsg) == 24);
+const _: () = assert!(offset_of!(Header, lock) == 64);
+const _: () = assert!(size_of::<SlotHeader>() == 48);
+const _: () = assert!(size_of::<WaiterEntry>() == 32);
+const _: () = assert!(size_of::<libc::pthread_mutex_t>() <= 64);
+
+/// Alignment of the slot area and of each slot.
+pub const SLOT_ALIGN: usize = 64;
+/// Bytes before slot 0: the header rounded up to a page.
+pub const HEADER_SIZE: usize = size_of::<Header>().next_multiple_of(4096);
+
+/// The shape of a queue, as validated numbers a process keeps for itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Capacity in messages.
+    pub maxmsg: u32,
+    /// Largest payload in bytes.
+    pub msgsize: usize,
+    /// Bytes from one slot to the next.
+    pub stride: usize,
+    /// Size of the whole file.
+    pub file_size: usize,
+}
+
+/// Why a geometry cannot be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeometryError {
+    /// `maxmsg <= 0` or `msgsize <= 0`.
+    NotPositive,
+    /// The sizes overflow.
+    Overflow,
+}
+
+impl Geometry {
+    /// Computes the layout for `maxmsg` messages of up to `msgsize` bytes.
+    pub fn new(maxmsg: i64, msgsize: i64) -> Result<Geometry, GeometryError> {
+        if maxmsg <= 0 || msgsize <= 0 {
+            return Err(GeometryError::NotPositive);
+        }
+        // Slot indices are u32 with one value reserved for NIL.
+        let maxmsg = u32::try_from(maxmsg)
+            .ok()
+            .filter(|&m| m < u32::MAX)
+            .ok_or(GeometryError::Overflow)?;
+        let msgsize = usize::try_from(msgsize).map_err(|_| GeometryError::Overflow)?;
+        let stride = size_of::<SlotHeader>()
+            .checked_add(msgsize)
+            .and_then(|s| s.checked_next_multiple_of(SLOT_ALIGN))
+            .ok_or(GeometryError::Overflow)?;
+        let file_size = stride
+            .checked_mul(maxmsg as usize)
+            .and_then(|s| s.checked_add(HEADER_SIZE))
+            .filter(|&s| s <= i64::MAX as usize)
+            .ok_or(GeometryError::Overflow)?;
+        if u32::try_from(stride).is_err() {
+            return Err(GeometryError::Overflow);
+        }
+        Ok(Geometry { maxmsg, msgsize, stride, file_size })
+    }
+}
+
+/// What is wrong with a file that should be a queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Too short, or the magic number is wrong.
+    NotAQueue(&'static str),
+    /// A queue of another layout version.
+    Version { found: u32 },
+    /// The header is inconsistent with itself or with the file's size.
+    Corrupted(String),
+    /// A repair failed earlier and the queue was poisoned.
+    Poisoned,
+}
+
+/// A mapped queue file (or a heap buffer in unit tests) with its validated
+/// geometry. All access to the shared bytes goes through this type.
+pub struct Region {
+    base: *mut u8,
+    len: usize,
+    geo: Geometry,
+}
+
+// SAFETY: the region only hands out references to atomics (which are Sync)
+// and raw pointers to payload bytes; its own fields are immutable.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Wraps `len` bytes at `base` after checking the header against them.
+    ///
+    /// # Safety
+    /// - `base` is valid for reads and writes of `len` bytes for the whole
+    ///   life of the returned value, and aligned to 64 bytes;
+    /// - the bytes are only ever accessed atomically or through a `Region`
+    ///   (other processes included).
+    pub unsafe fn open(base: *mut u8, len: usize) -> Result<Region, HeaderError> {
+        debug_assert!(base as usize % SLOT_ALIGN == 0);
+        if len < HEADER_SIZE {
+            return Err(HeaderError::NotAQueue("file is smaller than a queue header"));
+        }
+        // SAFETY: len >= HEADER_SIZE >= size_of::<Header>() and base is
+        // aligned (caller); Header is all atomics and UnsafeCell.
+        let h = unsafe { &*(base as *const Header) };
+        if h.magic.load(Relaxed) != MAGIC {
+            return Err(HeaderError::NotAQueue("no shmq magic number"));
+        }
+        let version = h.version.load(Relaxed);
+        if version >> 16 != VERSION_MAJOR {
+            return Err(HeaderError::Version { found: version });
+        }
+        match h.state.load(Relaxed) {
+            STATE_READY => {}
+            STATE_POISONED => return Err(HeaderError::Poisoned),
+            s => return Err(HeaderError::Corrupted(format!("unknown state word {s:#x}"))),
+        }
+        let maxmsg = h.maxmsg.load(Relaxed);
+        let msgsize = h.msgsize.load(Relaxed);
+        let geo = Geometry::new(
+            i64::try_from(maxmsg).unwrap_or(-1),
+            i64::try_from(msgsize).unwrap_or(-1),
+        )
+        .map_err(|_| HeaderError::Corrupted(format!("impossible capacity {maxmsg} x {msgsize}")))?;
+        let checks = [
+            ("header size", h.header_size.load(Relaxed) as u64, HEADER_SIZE as u64),
+            ("slot stride", h.stride.load(Relaxed) as u64, geo.stride as u64),
+            ("file size", h.file_size.load(Relaxed), geo.file_size as u64),
+            ("actual file size", len as u64, geo.file_size as u64),
+            (
+                "mutex size",
+                h.mutex_size.load(Relaxed) as u64,
+                size_of::<libc::pthread_mutex_t>() as u64,
+            ),
+            ("priority count", h.nprio.load(Relaxed) as u64, NPRIO as u64),
+            (
+                "slot header size",
+                h.slot_header_size.load(Relaxed) as u64,
+                size_of::<SlotHeader>() as u64,
+            ),
+        ];
+        for (what, found, expected) in checks {
+            if found != expected {
+                return Err(HeaderError::Corrupted(format!(
+                    "{what} is {found}, expected {expected}"
+                )));
+            }
+        }
+        Ok(Region { base, len, geo })
+    }
+
+    /// Writes a fresh, empty queue over zeroed bytes (all slots free).
+    ///
+    /// The lock is not initialised here (see `sync::mutex::init`), and
+    /// `state` is left at 0: the creator publishes [`STATE_READY`] last.
+    ///
+    /// # Safety
+    /// As for [`Region::open`]; additionally the bytes are zero, `len ==
+    /// geo.file_size`, and no other process can see them yet.
+    pub unsafe fn format(base: *mut u8, len: usize, geo: Geometry, mode: u32) -> Region {
+        assert_eq!(len, geo.file_size);
+        let r = Region { base, len, geo };
+        let h = r.header();
+        h.magic.store(MAGIC, Relaxed);
+        h.version.store(VERSION, Relaxed);
+        h.header_size.store(HEADER_SIZE as u32, Relaxed);
+        h.stride.store(geo.stride as u32, Relaxed);
+        h.maxmsg.store(u64::from(geo.maxmsg), Relaxed);
+        h.msgsize.store(geo.msgsize as u64, Relaxed);
+        h.file_size.store(geo.file_size as u64, Relaxed);
+        h.mode.store(mode & 0o777, Relaxed);
+        h.mutex_size.store(size_of::<libc::pthread_mutex_t>() as u32, Relaxed);
+        h.nprio.store(NPRIO as u32, Relaxed);
+        h.slot_header_size.store(size_of::<SlotHeader>() as u32, Relaxed);
+        h.next_seq.store(1, Relaxed);
+        // Free list: 0 -> 1 -> ... -> maxmsg-1.
+        for i in 0..geo.maxmsg {
+            let s = r.slot(i).expect("index below maxmsg");
+            s.next.store(if i + 1 < geo.maxmsg { i + 2 } else { NIL }, Relaxed);
+        }
+        h.free_head.store(1, Relaxed);
+        h.nfree.store(u64::from(geo.maxmsg), Relaxed);
+        r
+    }
+
+    /// The validated geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// The header.
+    pub fn header(&self) -> &Header {
+        // SAFETY: checked at construction: base is aligned and the region
+        // holds at least HEADER_SIZE bytes; Header is atomics and UnsafeCell
+        // only, so shared references to it are sound while others write.
+        unsafe { &*(self.base as *const Header) }
+    }
+
+    /// Pointer to the `pthread_mutex_t` inside the header.
+    pub fn mutex_ptr(&self) -> *mut libc::pthread_mutex_t {
+        self.header().lock.0.get()
+    }
+
+    /// Slot `idx`, or `None` if `idx` is out of range.
+    pub fn slot(&self, idx: u32) -> Option<&SlotHeader> {
+        (idx < self.geo.maxmsg).then(|| {
+            let off = HEADER_SIZE + idx as usize * self.geo.stride;
+            debug_assert!(off + self.geo.stride <= self.len);
+            // SAFETY: off + stride <= file_size == len (geometry checked at
+            // construction); slots are 64-aligned; SlotHeader is atomics.
+            unsafe { &*(self.base.add(off) as *const SlotHeader) }
+        })
+    }
+
+    /// Pointer to the payload of slot `idx` (`msgsize` bytes), or `None`.
+    pub fn payload(&self, idx: u32) -> Option<*mut u8> {
+        (idx < self.geo.maxmsg).then(|| {
+            let off = HEADER_SIZE + idx as usize * self.geo.stride + size_of::<SlotHeader>();
+            // SAFETY: within the slot, as in `slot`.
+            unsafe { self.base.add(off) }
+        })
+    }
+
+    /// Copies `src` into the payload of slot `idx`.
+    pub fn write_payload(&self, idx: u32, src: &[u8]) {
+        assert!(src.len() <= self.geo.msgsize);
+        let dst = self.payload(idx).expect("slot index checked by caller");
+        // SAFETY: dst has msgsize >= src.len() bytes inside the mapping; the
+        // slot is reserved by this caller (state WRITING or under the lock),
+        // so no conforming process touches these bytes meanwhile.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) }
+    }
+
+    /// Copies the first `dst.len()` payload bytes of slot `idx` into `dst`.
+    pub fn read_payload(&self, idx: u32, dst: &mut [u8]) {
+        assert!(dst.len() <= self.geo.msgsize);
+        let src = self.payload(idx).expect("slot index checked by caller");
+        // SAFETY: as in write_payload; the slot is QUEUED or READING by us.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
+    }
+}
+
+/// A queue file mapped into this process, with its [`Region`].
+pub struct Mapping {
+    region: Region,
+    _map: memmap2::MmapRaw,
+}
+
+/// Why a file could not be mapped as a queue.
+#[derive(Debug)]
+pub enum MapError {
+    /// The mapping itself failed.
+    Os(nix::errno::Errno),
+    /// The bytes are not a usable queue.
+    Header(HeaderError),
+}
+
+fn map_file(file: &std::fs::File, len: usize) -> Result<memmap2::MmapRaw, nix::errno::Errno> {
+    memmap2::MmapOptions::new().len(len).map_raw(file).map_err(|e| {
+        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOMEM))
+    })
+}
+
+impl Mapping {
+    /// Maps `len` bytes of an existing queue file and checks its header.
+    /// The caller has checked that the file is at least `len` bytes long.
+    pub fn open(file: &std::fs::File, len: usize) -> Result<Mapping, MapError> {
+        if len < HEADER_SIZE {
+            return Err(MapError::Header(HeaderError::NotAQueue(
+                "file is smaller than a queue header",
+            )));
+        }
+        let map = map_file(file, len).map_err(MapError::Os)?;
+        // SAFETY: the mapping is page-aligned, `len` bytes long and lives as
+        // long as the returned value (which owns it); all access to it goes
+        // through Region.
+        let region = unsafe { Region::open(map.as_mut_ptr(), len) }.map_err(MapError::Header)?;
+        Ok(Mapping { region, _map: map })
+    }
+
+    /// Maps a new, zero-filled file of `geo.file_size` bytes that no other
+    /// process can see yet and formats an empty queue in it, lock included.
+    /// `state` is left at 0; the caller publishes [`STATE_READY`].
+    pub fn format(file: &std::fs::File, geo: Geometry, mode: u32) -> Result<Mapping, nix::errno::Errno> {
+        let map = map_file(file, geo.file_size)?;
+        // SAFETY: as in `open`; the file is new, zeroed and private to us.
+        let region = unsafe { Region::format(map.as_mut_ptr(), geo.file_size, geo, mode) };
+        crate::sync::mutex::init(&region).map_err(nix::errno::Errno::from_raw)?;
+        Ok(Mapping { region, _map: map })
+    }
+
+    /// The queue inside.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+}
+
+/// An empty queue formatted in a heap buffer: the algorithm without a file,
+/// for unit tests and property tests.
+pub struct HeapRegion {
+    region: Region,
+    _buf: HeapBuf,
+}
+
+impl HeapRegion {
+    /// A ready, empty queue of the given geometry.
+    pub fn new(geo: Geometry) -> HeapRegion {
+        let buf = HeapBuf::zeroed(geo.file_size);
+        // SAFETY: a fresh, zeroed, page-aligned private buffer of exactly
+        // file_size bytes, owned by the result and freed after the region.
+        let region = unsafe { Region::format(buf.as_ptr(), buf.len(), geo, 0o600) };
+        region.header().state.store(STATE_READY, Relaxed);
+        HeapRegion { region, _buf: buf }
+    }
+
+    /// The queue.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+}
+
+/// A zeroed, page-aligned heap buffer that can stand in for a mapping in
+/// tests and in `mqtool`'s offline checks.
+pub struct HeapBuf {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: HeapBuf owns its allocation exclusively.
+unsafe impl Send for HeapBuf {}
+// SAFETY: HeapBuf owns its allocation; shared access goes through Region.
+unsafe impl Sync for HeapBuf {}
+
+impl HeapBuf {
+    /// Allocates `len` zero bytes aligned to a page.
+    pub fn zeroed(len: usize) -> HeapBuf {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096).expect("layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        HeapBuf { ptr, layout }
+    }
+
+    /// Start of the buffer.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Length of the buffer.
+    pub fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// Whether the buffer is empty (never: it has at least one byte).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The buffer's bytes.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is valid for len bytes and exclusively borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for HeapBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_rejects_bad_sizes() {
+        assert_eq!(Geometry::new(0, 10), Err(GeometryError::NotPositive));
+        assert_eq!(Geometry::new(10, 0), Err(GeometryError::NotPositive));
+        assert_eq!(Geometry::new(-1, 10), Err(GeometryError::NotPositive));
+        assert_eq!(Geometry::new(i64::MAX, i64::MAX), Err(GeometryError::Overflow));
+        assert_eq!(Geometry::new(1 << 40, 64), Err(GeometryError::Overflow));
+        let g = Geometry::new(10, 8192).unwrap();
+        assert_eq!(g.stride % SLOT_ALIGN, 0);
+        assert!(g.stride >= 8192 + 48);
+        assert_eq!(g.file_size, HEADER_SIZE + 10 * g.stride);
+    }
+
+    #[test]
+    fn format_then_open_round_trips() {
+        let g = Geometry::new(5, 100).unwrap();
+        let buf = HeapBuf::zeroed(g.file_size);
+        // SAFETY: fresh zeroed private buffer of the right size.
+        let r = unsafe { Region::format(buf.as_ptr(), buf.len(), g, 0o640) };
+        r.header().state.store(STATE_READY, Relaxed);
+        drop(r);
+        // SAFETY: as above.
+        let r = unsafe { Region::open(buf.as_ptr(), buf.len()) }.unwrap();
+        assert_eq!(r.geometry(), g);
+        assert!(r.slot(4).is_some());
+        assert!(r.slot(5).is_none());
+        assert!(r.payload(5).is_none());
+    }
+
+    #[test]
+    fn open_rejects_garbage() {
+        let g = Geometry::new(5, 100).unwrap();
+        let mut buf = HeapBuf::zeroed(g.file_size);
+        // SAFETY: zeroed buffer.
+        let e = unsafe { Region::open(buf.as_ptr(), buf.len()) }.err().unwrap();
+        assert!(matches!(e, HeaderError::NotAQueue(_)));
+        // SAFETY: as above.
+        let r = unsafe { Region::format(buf.as_ptr(), buf.len(), g, 0o600) };
+        r.header().state.store(STATE_READY, Relaxed);
+        r.header().version.store(2 << 16, Relaxed);
+        drop(r);
+        // SAFETY: as above.
+        let e = unsafe { Region::open(buf.as_ptr(), buf.len()) }.err().unwrap();
+        assert_eq!(e, HeaderError::Version { found: 2 << 16 });
+        buf.bytes_mut()[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        buf.bytes_mut()[24] = 6; // maxmsg 6 no longer matches the file size
+        // SAFETY: as above.
+        let e = unsafe { Region::open(buf.as_ptr(), buf.len()) }.err().unwrap();
+        assert!(matches!(e, HeaderError::Corrupted(_)), "{e:?}");
+        // SAFETY: a length shorter than the header.
+        let e = unsafe { Region::open(buf.as_ptr(), 100) }.err().unwrap();
+        assert!(matches!(e, HeaderError::NotAQueue(_)));
+    }
+}

@@ -1,0 +1,226 @@
+//! The `nix::mqueue`-shaped front door: `mq_open`, `mq_send`, … with nix's
+//! own types (`MQ_OFlag`, `Mode`, `MqAttr`, `TimeSpec`, `Errno`), so code
+//! written against `nix::mqueue` ports by changing its `use` lines.
+//!
+//! Unlike the [`PosixMq`](crate::PosixMq) front door, blocking calls return
+//! `EINTR` when a signal handler interrupts them, as the C functions do.
+//!
+//! ```
+//! use nix::mqueue::{MQ_OFlag, MqAttr};
+//! use nix::sys::stat::Mode;
+//! use shmq::mqueue::*;
+//! # let dir = tempfile_dir();
+//! # fn tempfile_dir() -> std::path::PathBuf {
+//! #     let d = std::env::temp_dir().join(format!("shmq-doc-{}", std::process::id()));
+//! #     std::fs::create_dir_all(&d).unwrap(); d }
+//! # unsafe { std::env::set_var("SHMQ_DIR", &dir) };
+//! let attr = MqAttr::new(0, 4, 64, 0);
+//! let mq = mq_open("/doc-example", MQ_OFlag::O_CREAT | MQ_OFlag::O_RDWR,
+//!                  Mode::S_IRUSR | Mode::S_IWUSR, Some(&attr))?;
+//! mq_send(&mq, b"hello", 7)?;
+//! let mut buf = [0u8; 64];
+//! let mut prio = 0;
+//! let n = mq_receive(&mq, &mut buf, &mut prio)?;
+//! assert_eq!((&buf[..n], prio), (&b"hello"[..], 7));
+//! mq_close(mq)?;
+//! mq_unlink("/doc-example")?;
+//! # Ok::<(), nix::errno::Errno>(())
+//! ```
+
+use crate::engine::{Handle, OpenRequest};
+use nix::NixPath;
+use nix::errno::Errno;
+use nix::sys::stat::Mode;
+use nix::sys::time::TimeSpec;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+pub use nix::mqueue::{MQ_OFlag, MqAttr, mq_attr_member_t};
+
+/// Result type of this module: the error is the errno.
+pub type Result<T> = nix::Result<T>;
+
+/// An open queue descriptor. Not `Clone`, like nix's, to prevent
+/// use-after-close; [`MqdT::try_clone`] makes a second descriptor sharing
+/// the open description.
+#[derive(Debug)]
+pub struct MqdT(pub(crate) Handle);
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqdT").field("fd", &self.raw_fd()).finish()
+    }
+}
+
+impl MqdT {
+    /// `dup`: another descriptor of the same open description (shared
+    /// `O_NONBLOCK`).
+    ///
+    /// # Errors
+    /// `EMFILE` when out of file descriptors.
+    pub fn try_clone(&self) -> Result<MqdT> {
+        Ok(MqdT(self.0.try_clone()?))
+    }
+}
+
+/// The descriptor is a real file descriptor: the queue file's, close-on-exec.
+/// It identifies the queue but is not pollable for messages.
+impl AsFd for MqdT {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.fd()
+    }
+}
+
+/// See [`AsFd`].
+impl AsRawFd for MqdT {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.raw_fd()
+    }
+}
+
+fn errno<T>(r: crate::Result<T>) -> Result<T> {
+    r.map_err(|e| e.errno())
+}
+
+/// `mq_open(name, oflag, mode, attr)`—Opens or creates a message queue.
+///
+/// `attr` matters only when the queue is created; `None` gives 10 messages
+/// of 8192 bytes. `O_CLOEXEC` is implied.
+///
+/// # Errors
+/// `EACCES`, `EEXIST`, `EINVAL` (bad attr, bad name, access mode 3 on an
+/// existing queue), `EMFILE`, `ENAMETOOLONG`, `ENFILE`, `ENOENT`, `ENOMEM`,
+/// `ENOSPC`, `EOVERFLOW`; `EBADMSG`/`EPROTO` for a file that is not a
+/// usable queue.
+pub fn mq_open<P>(name: &P, oflag: MQ_OFlag, mode: Mode, attr: Option<&MqAttr>) -> Result<MqdT>
+where
+    P: ?Sized + NixPath,
+{
+    let bits = oflag.bits();
+    name.with_nix_path(|cstr| {
+        let req = OpenRequest {
+            name: cstr.to_bytes(),
+            dir: None,
+            access: bits & libc::O_ACCMODE,
+            create: bits & libc::O_CREAT != 0,
+            exclusive: bits & libc::O_EXCL != 0,
+            nonblock: bits & libc::O_NONBLOCK != 0,
+            mode: mode.bits(),
+            attr: attr.map(|a| (a.maxmsg(), a.msgsize())),
+        };
+        errno(Handle::open(&req)).map(MqdT)
+    })?
+}
+
+/// `mq_unlink(name)`—Removes a message queue's name; open descriptors keep
+/// working and the memory goes with the last one.
+///
+/// # Errors
+/// `EACCES`, `ENAMETOOLONG`, `ENOENT`, `EINVAL`.
+pub fn mq_unlink<P>(name: &P) -> Result<()>
+where
+    P: ?Sized + NixPath,
+{
+    name.with_nix_path(|cstr| errno(crate::engine::unlink(cstr.to_bytes(), None)))?
+}
+
+/// `mq_close(mqdes)`—Closes a descriptor (and removes this process's
+/// notification registration on the queue, if any).
+///
+/// # Errors
+/// None in practice.
+pub fn mq_close(mqdes: MqdT) -> Result<()> {
+    drop(mqdes);
+    Ok(())
+}
+
+/// `mq_receive(mqdes, msg, len, prio)`—Removes the oldest message of the
+/// highest priority; returns its length and stores its priority.
+///
+/// # Errors
+/// `EAGAIN`, `EBADF`, `EINTR`, `EMSGSIZE`.
+pub fn mq_receive(mqdes: &MqdT, message: &mut [u8], msg_prio: &mut u32) -> Result<usize> {
+    let (len, prio) = errno(mqdes.0.desc().receive(message, None))?;
+    *msg_prio = prio;
+    Ok(len)
+}
+
+/// `mq_timedreceive(mqdes, msg, len, prio, abstime)`—As [`mq_receive`],
+/// failing with `ETIMEDOUT` if no message arrives by `abstime`
+/// (`CLOCK_REALTIME`).
+///
+/// # Errors
+/// As [`mq_receive`], plus `ETIMEDOUT` and `EINVAL` (bad `abstime`).
+pub fn mq_timedreceive(mqdes: &MqdT, message: &mut [u8], msg_prio: &mut u32, abstime: &TimeSpec) -> Result<usize> {
+    let (len, prio) = errno(mqdes.0.desc().receive(message, Some(abstime.as_ref())))?;
+    *msg_prio = prio;
+    Ok(len)
+}
+
+/// `mq_send(mqdes, msg, len, prio)`—Adds a message.
+///
+/// # Errors
+/// `EAGAIN`, `EBADF`, `EINTR`, `EINVAL` (priority ≥ 32768), `EMSGSIZE`.
+pub fn mq_send(mqdes: &MqdT, message: &[u8], msq_prio: u32) -> Result<()> {
+    errno(mqdes.0.desc().send(msq_prio, message, None))
+}
+
+/// `mq_timedsend(mqdes, msg, len, prio, abstime)`—As [`mq_send`], failing
+/// with `ETIMEDOUT` if there is no room by `abstime` (`CLOCK_REALTIME`).
+///
+/// # Errors
+/// As [`mq_send`], plus `ETIMEDOUT` and `EINVAL` (bad `abstime`).
+pub fn mq_timedsend(mqdes: &MqdT, message: &[u8], msq_prio: u32, abstime: &TimeSpec) -> Result<()> {
+    errno(mqdes.0.desc().send(msq_prio, message, Some(abstime.as_ref())))
+}
+
+fn to_mq_attr(a: crate::engine::Attr) -> MqAttr {
+    MqAttr::new(
+        a.flags as mq_attr_member_t,
+        a.maxmsg as mq_attr_member_t,
+        a.msgsize as mq_attr_member_t,
+        a.curmsgs as mq_attr_member_t,
+    )
+}
+
+/// `mq_getattr(mqdes)`—Flags, capacity, message size and current count.
+///
+/// # Errors
+/// None in practice.
+pub fn mq_getattr(mqd: &MqdT) -> Result<MqAttr> {
+    errno(mqd.0.desc().attr()).map(to_mq_attr)
+}
+
+/// `mq_setattr(mqdes, newattr)`—Sets or clears `O_NONBLOCK` (nothing else
+/// can change); returns the old attributes.
+///
+/// # Errors
+/// `EINVAL` if `mq_flags` has any bit besides `O_NONBLOCK`.
+pub fn mq_setattr(mqd: &MqdT, newattr: &MqAttr) -> Result<MqAttr> {
+    let flags = newattr.flags();
+    if flags & !(libc::O_NONBLOCK as mq_attr_member_t) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let old = mq_getattr(mqd)?;
+    mqd.0.desc().set_nonblocking(flags != 0);
+    Ok(old)
+}
+
+/// Sets `O_NONBLOCK`; returns the old attributes.
+///
+/// # Errors
+/// None in practice.
+pub fn mq_set_nonblock(mqd: &MqdT) -> Result<MqAttr> {
+    let old = mq_getattr(mqd)?;
+    mqd.0.desc().set_nonblocking(true);
+    Ok(old)
+}
+
+/// Clears `O_NONBLOCK`; returns the old attributes.
+///
+/// # Errors
+/// None in practice.
+pub fn mq_remove_nonblock(mqd: &MqdT) -> Result<MqAttr> {
+    let old = mq_getattr(mqd)?;
+    mqd.0.desc().set_nonblocking(false);
+    Ok(old)
+}

@@ -1,0 +1,260 @@
+//! Operating-system calls: queue files, mappings, process identity.
+//!
+//! Everything here returns `Errno` exactly as the kernel gave it; the callers
+//! decide what each means for a queue.
+#![allow(unsafe_code)]
+
+pub mod proc;
+
+use nix::errno::Errno;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+fn cstr(p: &Path) -> Result<CString, Errno> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+fn cvt(r: libc::c_int) -> Result<libc::c_int, Errno> {
+    if r == -1 { Err(Errno::last()) } else { Ok(r) }
+}
+
+/// What `fstat` says about a queue file.
+#[derive(Clone, Copy, Debug)]
+pub struct FileInfo {
+    /// File size in bytes.
+    pub size: u64,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Mode bits, type included.
+    pub mode: u32,
+    /// Links: 0 once the queue was unlinked.
+    pub nlink: u64,
+    /// Device and inode: identifies the queue.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+/// `fstat(fd)`.
+pub fn fstat(fd: RawFd) -> Result<FileInfo, Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: st is valid storage for a stat; fstat initialises it on success.
+    cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded.
+    let st = unsafe { st.assume_init() };
+    Ok(FileInfo {
+        size: st.st_size as u64,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode,
+        nlink: st.st_nlink,
+        dev: st.st_dev,
+        ino: st.st_ino,
+    })
+}
+
+/// Opens an existing queue file read-write, close-on-exec, never following a
+/// symbolic link and never blocking on a FIFO.
+pub fn open_existing(dir: &Path, name: &OsStr) -> Result<File, Errno> {
+    let path = cstr(&dir.join(name))?;
+    // SAFETY: path is a valid C string; open returns a new fd or -1.
+    let fd = cvt(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+        )
+    })
+    .map_err(|e| if e == Errno::ELOOP { Errno::EACCES } else { e })?;
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Creates an unnamed file in `dir` (`O_TMPFILE`) with `mode` (the kernel
+/// applies the umask); falls back to a uniquely named file that the caller
+/// must unlink. Returns the file and, for the fallback, its name.
+pub fn create_unnamed(dir: &Path, mode: u32) -> Result<(File, Option<std::path::PathBuf>), Errno> {
+    let d = cstr(dir)?;
+    // SAFETY: d is a valid C string.
+    let r = unsafe {
+        libc::open(d.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, mode as libc::c_uint)
+    };
+    if r >= 0 {
+        // SAFETY: fresh descriptor we own.
+        return Ok((unsafe { File::from_raw_fd(r) }, None));
+    }
+    match Errno::last() {
+        Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL => {}
+        e => return Err(e),
+    }
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let n = COUNTER.fetch_add(1, Relaxed);
+        let path = dir.join(format!(".shmq-creating.{}.{n}", std::process::id()));
+        let c = cstr(&path)?;
+        // SAFETY: c is a valid C string.
+        let r = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                mode as libc::c_uint,
+            )
+        };
+        if r >= 0 {
+            // SAFETY: fresh descriptor we own.
+            return Ok((unsafe { File::from_raw_fd(r) }, Some(path)));
+        }
+        if Errno::last() != Errno::EEXIST {
+            return Err(Errno::last());
+        }
+    }
+}
+
+/// Gives `file` (made by [`create_unnamed`]) the name `dir/name`. `EEXIST`
+/// when the name is taken: the file is never replaced.
+pub fn link_into_place(file: &File, tmp: Option<&Path>, dir: &Path, name: &OsStr) -> Result<(), Errno> {
+    let dst = cstr(&dir.join(name))?;
+    let src = match tmp {
+        Some(p) => cstr(p)?,
+        None => CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL"),
+    };
+    let flags = if tmp.is_some() { 0 } else { libc::AT_SYMLINK_FOLLOW };
+    // SAFETY: both are valid C strings.
+    cvt(unsafe { libc::linkat(libc::AT_FDCWD, src.as_ptr(), libc::AT_FDCWD, dst.as_ptr(), flags) })
+        .map(drop)
+}
+
+/// Sets the file size to `size` and reserves its pages now, so that a full
+/// file system fails here with `ENOSPC` instead of with `SIGBUS` later.
+pub fn reserve(file: &File, size: u64) -> Result<(), Errno> {
+    let size = i64::try_from(size).map_err(|_| Errno::EFBIG)?;
+    // SAFETY: plain syscall on a descriptor we own.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size) };
+    if r == 0 {
+        return Ok(());
+    }
+    match Errno::last() {
+        Errno::EOPNOTSUPP | Errno::ENOSYS => {
+            // SAFETY: as above; posix_fallocate returns the error number.
+            match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size) } {
+                0 => Ok(()),
+                e => Err(Errno::from_raw(e)),
+            }
+        }
+        e => Err(e),
+    }
+}
+
+/// `fchmod(fd, mode)`.
+pub fn fchmod(file: &File, mode: u32) -> Result<(), Errno> {
+    // SAFETY: plain syscall on a descriptor we own.
+    cvt(unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+}
+
+/// `unlink(dir/name)`.
+pub fn unlink(path: &Path) -> Result<(), Errno> {
+    let c = cstr(path)?;
+    // SAFETY: c is a valid C string.
+    cvt(unsafe { libc::unlink(c.as_ptr()) }).map(drop)
+}
+
+/// Creates `dir` with mode 1777 (like `/tmp`) if it does not exist.
+pub fn ensure_shared_dir(dir: &Path) -> Result<(), Errno> {
+    let c = cstr(dir)?;
+    // SAFETY: c is a valid C string.
+    match cvt(unsafe { libc::mkdir(c.as_ptr(), 0o1777) }) {
+        Ok(_) => {
+            // The umask may have removed bits: set them explicitly.
+            // SAFETY: c is a valid C string.
+            let _ = unsafe { libc::chmod(c.as_ptr(), 0o1777) };
+            Ok(())
+        }
+        Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `dup(fd)` with close-on-exec.
+pub fn dup_cloexec(fd: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: plain syscall; the new descriptor is owned by the result.
+    let r = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// The caller's effective uid, effective gid and supplementary groups.
+pub fn credentials() -> (u32, u32, Vec<u32>) {
+    // SAFETY: these calls cannot fail and have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let groups = nix::unistd::getgroups().unwrap_or_default();
+    (uid, gid, groups.into_iter().map(|g| g.as_raw()).collect())
+}
+
+/// A page of memory shared with forked children (`MAP_SHARED |
+/// MAP_ANONYMOUS`): holds the flags of an open queue description, which a
+/// child created by `fork` shares with its parent, as it does for the
+/// kernel's queue descriptors.
+pub struct SharedFlags {
+    ptr: *mut AtomicU32,
+}
+
+// SAFETY: the page holds only an atomic; the pointer is never reassigned.
+unsafe impl Send for SharedFlags {}
+// SAFETY: as above.
+unsafe impl Sync for SharedFlags {}
+
+impl SharedFlags {
+    /// Maps a new zeroed page.
+    pub fn new(initial: u32) -> Result<SharedFlags, Errno> {
+        // SAFETY: anonymous mapping with no address hint.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let f = SharedFlags { ptr: p.cast() };
+        f.word().store(initial, Relaxed);
+        Ok(f)
+    }
+
+    /// The flag word.
+    pub fn word(&self) -> &AtomicU32 {
+        // SAFETY: ptr is a live page-aligned mapping of 4096 bytes that only
+        // ever holds this atomic.
+        unsafe { &*self.ptr }
+    }
+}
+
+impl Drop for SharedFlags {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the page mapped in `new`; no references outlive
+        // self.
+        unsafe { libc::munmap(self.ptr.cast(), 4096) };
+    }
+}
+
+/// Number of CPUs this process may run on.
+pub fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `CLOCK_REALTIME` now.
+pub fn realtime_now() -> libc::timespec {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is valid storage; CLOCK_REALTIME always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts
+}
