@@ -22,7 +22,7 @@ use crate::layout::{
     Geometry, GeometryError, HeaderError, MapError, Mapping, NPRIO, Region, SLOT_READING,
     SLOT_WRITING, STATE_READY, VERSION, WaiterEntry,
 };
-use crate::queue::{self, Corrupt};
+use crate::queue::{self, Corrupt, Locked};
 use crate::sync::futex::{self, WaitError};
 use crate::sync::mutex::{self, Acquired};
 use crate::sys::{self, FileInfo, SharedFlags, proc};
@@ -179,9 +179,6 @@ fn earlier<'a>(a: Option<&'a libc::timespec>, b: &'a libc::timespec) -> &'a libc
     }
 }
 
-fn dec(c: &AtomicU32) {
-    let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
-}
 
 impl Queue {
     fn open_file(file: &File, path: PathBuf, name: &[u8]) -> Result<Queue> {
@@ -392,7 +389,7 @@ impl Guard<'_> {
         if side.counters(r).1.load(Relaxed) == 0 {
             return false;
         }
-        side.word(r).fetch_add(1, Release);
+        side.word(r).add(1);
         true
     }
 }
@@ -421,13 +418,13 @@ impl Waiting {
             Some(w) => {
                 let idx = h.waiters.iter().position(|x| std::ptr::eq(x, w));
                 self.entry = idx;
-                side.entry_counters(w).0.fetch_add(1, Relaxed);
+                side.entry_counters(w).0.add(1);
             }
             None => {
-                h.untracked_waits.fetch_add(1, Relaxed);
+                h.untracked_waits.add(1);
             }
         }
-        side.counters(r).0.fetch_add(1, Relaxed);
+        side.counters(r).0.add(1);
     }
 
     /// Unregisters; if the caller leaves without taking what a wake-up
@@ -439,10 +436,10 @@ impl Waiting {
         self.registered = false;
         let r = g.q.region();
         if let Some(w) = self.entry(r) {
-            dec(side.entry_counters(w).0);
+            side.entry_counters(w).0.sub(1);
             queue::waiter_entry_release(w);
         }
-        dec(side.counters(r).0);
+        side.counters(r).0.sub(1);
         if gave_up && side.ready(r) && g.prepare_wake(side) {
             futex::wake(side.word(r), 1);
         }
@@ -471,9 +468,9 @@ impl Queue {
         let seq = word.load(Relaxed);
         let entry = w.entry(r);
         if let Some(e) = entry {
-            side.entry_counters(e).1.fetch_add(1, Relaxed);
+            side.entry_counters(e).1.add(1);
         }
-        side.counters(r).1.fetch_add(1, Relaxed);
+        side.counters(r).1.add(1);
         // Poll for dead copiers while slots are in flight.
         let poll = (r.header().ninflight.load(Relaxed) > 0).then(|| realtime_after(INFLIGHT_POLL));
         let until = match &poll {
@@ -482,9 +479,9 @@ impl Queue {
         };
         let res = g.unlocked(|| futex::wait(word, seq, until))?;
         if let Some(e) = entry {
-            dec(side.entry_counters(e).1);
+            side.entry_counters(e).1.sub(1);
         }
-        dec(side.counters(r).1);
+        side.counters(r).1.sub(1);
         match res {
             Err(WaitError::TimedOut) if deadline.is_some_and(reached) => Err(Error::Os(Errno::ETIMEDOUT)),
             Err(WaitError::Interrupted) => Err(Error::Os(Errno::EINTR)),
@@ -512,16 +509,6 @@ impl Description {
             self.flags.word().fetch_and(!FLAG_NONBLOCK, Relaxed)
         };
         old & FLAG_NONBLOCK != 0
-    }
-
-    /// Opened for receiving.
-    pub fn readable(&self) -> bool {
-        self.read
-    }
-
-    /// Opened for sending.
-    pub fn writable(&self) -> bool {
-        self.write
     }
 
     /// `mq_getattr`.
@@ -603,13 +590,13 @@ impl Description {
             q.repair(&g, c, &mut attempts)?;
             return Err(Error::Corrupted(c.0.into()));
         }
-        h.total_sent.fetch_add(1, Relaxed);
+        h.total_sent.add(1);
         let wake = g.prepare_wake(Side::Recv);
         let notify = if was_empty { crate::notify::should_fire(&g, q) } else { None };
         drop(g);
         q.wake(Side::Recv, wake);
         if let Some(n) = notify {
-            crate::notify::fire(n);
+            crate::notify::fire(q, n);
         }
         Ok(())
     }
@@ -676,7 +663,7 @@ impl Description {
             }
             queue::release(r, idx).map_err(|c| Error::Corrupted(c.0.into()))?;
         }
-        h.total_received.fetch_add(1, Relaxed);
+        h.total_received.add(1);
         let wake = g.prepare_wake(Side::Send);
         drop(g);
         q.wake(Side::Send, wake);
@@ -777,14 +764,14 @@ impl Handle {
         &self.desc
     }
 
+    /// `mq_notify` on this descriptor.
+    pub fn notify(&self, how: Option<crate::notify::Notification>) -> Result<()> {
+        crate::notify::register(&self.desc, how)
+    }
+
     /// `dup`: a new descriptor sharing this one's open description.
     pub fn try_clone(&self) -> Result<Handle> {
         Ok(Handle { fd: sys::dup_cloexec(self.fd.as_raw_fd())?, desc: self.desc.clone() })
-    }
-
-    /// Whether two handles share an open description.
-    pub fn same_description(&self, other: &Handle) -> bool {
-        Arc::ptr_eq(&self.desc, &other.desc)
     }
 
     /// The file descriptor of the queue file held by this handle.
@@ -796,6 +783,17 @@ impl Handle {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        crate::notify::on_close(&self.desc.queue);
+    }
+}
+
+/// Whether the caller may use queue `q` for the given access, by its mode.
+pub fn permitted_on(q: &Queue, read: bool, write: bool) -> bool {
+    permitted(q.region().header().mode.load(Relaxed), &q.file_info, read, write)
 }
 
 /// `mq_unlink`: removes the name now; open handles keep working and the

@@ -1,1 +1,330 @@
-//! Read-only inspection of queues, for tools such as `mqtool`.
+//! Read-only views of queues, for tools such as `mqtool`: attributes,
+//! per-priority counts, blocked callers, the notification owner, health, and
+//! the queued messages in delivery order (which the kernel's queues cannot
+//! show). [`Inspector::purge`] is the one operation here that changes a queue.
+//!
+//! ```
+//! # let dir = std::env::temp_dir().join(format!("shmq-doc-inspect-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! let mq = shmq::OpenOptions::readwrite().create_new().dir(&dir).open("/jobs")?;
+//! mq.send(3, b"a")?;
+//! mq.send(7, b"b")?;
+//! let q = shmq::inspect::Inspector::open("/jobs", Some(&dir))?;
+//! assert_eq!(q.info()?.per_priority, vec![(7, 1), (3, 1)]);
+//! let peeked: Vec<_> = q.peek(None)?.into_iter().map(|m| m.priority).collect();
+//! assert_eq!(peeked, [7, 3]);
+//! assert_eq!(mq.attributes()?.current_messages, 2); // peek took nothing
+//! # shmq::remove_queue_in(&dir, "/jobs")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use crate::engine::{self, Queue};
+use crate::error::{Error, Result};
+use crate::layout::VERSION;
+use crate::queue::{self, Locked};
+use crate::sys::proc;
+use nix::errno::Errno;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Who is registered for notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotifyOwner {
+    /// Process id.
+    pub pid: i32,
+    /// `"none"`, `"signal"` or `"thread"`.
+    pub kind: &'static str,
+    /// Signal number (`SIGEV_SIGNAL`).
+    pub signo: i32,
+}
+
+/// Whether the queue has needed repair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Never repaired.
+    Ok,
+    /// Repaired after processes died mid-operation; nothing was damaged.
+    Repaired {
+        /// Number of repairs.
+        repairs: u32,
+    },
+    /// Slots with impossible contents were found and freed at some point.
+    Corrupted {
+        /// Number of repairs.
+        repairs: u32,
+        /// Slots freed because their contents were impossible.
+        slots: u32,
+    },
+}
+
+impl Health {
+    /// `"ok"`, `"repaired"` or `"corrupted"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Repaired { .. } => "repaired",
+            Health::Corrupted { .. } => "corrupted",
+        }
+    }
+}
+
+/// A snapshot of a queue, taken under its lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// Queue name, `/...`.
+    pub name: String,
+    /// Path of the queue file.
+    pub path: PathBuf,
+    /// Size of the file in bytes.
+    pub file_size: u64,
+    /// Layout version `(major, minor)`.
+    pub version: (u32, u32),
+    /// Capacity in messages (`mq_maxmsg`).
+    pub capacity: u64,
+    /// Largest message (`mq_msgsize`).
+    pub max_msg_len: u64,
+    /// Messages queued (`mq_curmsgs`).
+    pub current_messages: u64,
+    /// Permission bits the queue was created with.
+    pub mode: u32,
+    /// Owner of the queue file.
+    pub uid: u32,
+    /// Group of the queue file.
+    pub gid: u32,
+    /// `(priority, count)` for every priority that has messages, highest
+    /// first.
+    pub per_priority: Vec<(u32, u64)>,
+    /// Receivers blocked in a receive (live processes only).
+    pub blocked_receivers: u32,
+    /// Senders blocked in a send (live processes only).
+    pub blocked_senders: u32,
+    /// Slots being copied outside the lock right now.
+    pub in_flight: u32,
+    /// The notification registration, if any.
+    pub notify: Option<NotifyOwner>,
+    /// Messages sent since creation.
+    pub total_sent: u64,
+    /// Messages received since creation.
+    pub total_received: u64,
+    /// Repair history.
+    pub health: Health,
+}
+
+/// A message seen by [`Inspector::peek`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Priority.
+    pub priority: u32,
+    /// Payload.
+    pub data: Vec<u8>,
+}
+
+/// An open queue, for looking inside.
+pub struct Inspector {
+    q: Queue,
+}
+
+impl Inspector {
+    /// Opens queue `name` (a `'/'` is prepended if missing) in `dir` (default:
+    /// `SHMQ_DIR`, else `/dev/shm/shmq`).
+    ///
+    /// # Errors
+    /// As `mq_open` (ENOENT, EACCES, EINVAL, ENAMETOOLONG …), and
+    /// [`Error::NotAQueue`], [`Error::Incompatible`], [`Error::Corrupted`]
+    /// for a file that is not a usable queue.
+    pub fn open<N: AsRef<[u8]> + ?Sized>(name: &N, dir: Option<&Path>) -> Result<Inspector> {
+        let name = name.as_ref();
+        let mut full = Vec::with_capacity(name.len() + 1);
+        if name.first() != Some(&b'/') {
+            full.push(b'/');
+        }
+        full.extend_from_slice(name);
+        Ok(Inspector { q: engine::open_for_inspection(&full, dir)? })
+    }
+
+    /// Path of the queue file.
+    pub fn path(&self) -> &Path {
+        self.q.path()
+    }
+
+    /// A snapshot of the queue's state. Takes the lock briefly; discounts
+    /// blocked callers of dead processes and repairs slots that dead
+    /// processes held mid-copy, as any caller of the queue would.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] when the queue cannot be read consistently.
+    pub fn info(&self) -> Result<QueueInfo> {
+        let q = &self.q;
+        let r = q.region();
+        let h = r.header();
+        let g = q.lock()?;
+        q.reap_inflight(&g);
+        queue::recount_waiters(r, &mut proc::alive);
+        let mut per_priority: Vec<(u32, u64)> = Vec::new();
+        let walked = queue::for_each(r, |_, prio, _| {
+            match per_priority.last_mut() {
+                Some((p, n)) if *p == prio => *n += 1,
+                _ => per_priority.push((prio, 1)),
+            }
+            true
+        });
+        if walked.is_err() {
+            queue::rebuild(r, &mut proc::alive);
+            per_priority.clear();
+            queue::for_each(r, |_, prio, _| {
+                match per_priority.last_mut() {
+                    Some((p, n)) if *p == prio => *n += 1,
+                    _ => per_priority.push((prio, 1)),
+                }
+                true
+            })
+            .map_err(|c| Error::Corrupted(c.0.into()))?;
+        }
+        let notify = crate::notify::owner(r);
+        let repairs = h.repairs.load(Relaxed);
+        let slots = h.corrupted_slots.load(Relaxed);
+        let info = QueueInfo {
+            name: String::from_utf8_lossy(q.name()).into_owned(),
+            path: q.path().to_path_buf(),
+            file_size: q.geometry().file_size as u64,
+            version: (h.version.load(Relaxed) >> 16, h.version.load(Relaxed) & 0xffff),
+            capacity: u64::from(q.geometry().maxmsg),
+            max_msg_len: q.geometry().msgsize as u64,
+            current_messages: h.curmsgs.load(Relaxed),
+            mode: h.mode.load(Relaxed),
+            uid: q.file_info().uid,
+            gid: q.file_info().gid,
+            per_priority,
+            blocked_receivers: h.waiting_recv.load(Relaxed),
+            blocked_senders: h.waiting_send.load(Relaxed),
+            in_flight: h.ninflight.load(Relaxed),
+            notify,
+            total_sent: h.total_sent.load(Relaxed),
+            total_received: h.total_received.load(Relaxed),
+            health: match (repairs, slots) {
+                (0, 0) => Health::Ok,
+                (repairs, 0) => Health::Repaired { repairs },
+                (repairs, slots) => Health::Corrupted { repairs, slots },
+            },
+        };
+        drop(g);
+        Ok(info)
+    }
+
+    /// The queued messages in delivery order (highest priority first, oldest
+    /// first within a priority), at most `limit` of them, without removing
+    /// anything.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] when the lists cannot be walked.
+    pub fn peek(&self, limit: Option<usize>) -> Result<Vec<Message>> {
+        let q = &self.q;
+        let r = q.region();
+        let limit = limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        let g = q.lock()?;
+        if limit > 0 {
+            queue::for_each(r, |idx, prio, len| {
+                let mut data = vec![0; len];
+                r.read_payload(idx, &mut data);
+                out.push(Message { priority: prio, data });
+                out.len() < limit
+            })
+            .map_err(|c| Error::Corrupted(c.0.into()))?;
+        }
+        drop(g);
+        Ok(out)
+    }
+
+    /// Drops every queued message and wakes blocked senders; returns how
+    /// many were dropped. Needs read permission on the queue, like receiving.
+    ///
+    /// # Errors
+    /// `EACCES` without read permission; [`Error::Corrupted`].
+    pub fn purge(&self) -> Result<u64> {
+        let q = &self.q;
+        if !engine::permitted_on(q, true, false) {
+            return Err(Error::Os(Errno::EACCES));
+        }
+        let r = q.region();
+        let h = r.header();
+        let g = q.lock()?;
+        let mut n = 0;
+        loop {
+            match queue::front(r) {
+                Ok(Some((idx, prio, _))) => {
+                    queue::unlink_front(r, idx, prio)
+                        .and_then(|()| queue::release(r, idx))
+                        .map_err(|c| Error::Corrupted(c.0.into()))?;
+                    h.total_received.add(1);
+                    n += 1;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    queue::rebuild(r, &mut proc::alive);
+                }
+            }
+        }
+        let sleepers = h.sleeping_send.load(Relaxed) > 0;
+        if sleepers {
+            h.not_full.0.add(1);
+        }
+        drop(g);
+        if sleepers {
+            crate::sync::futex::wake(&h.not_full.0, i32::MAX);
+        }
+        Ok(n)
+    }
+}
+
+/// An entry of [`list`]: a queue, or a file that looks like a damaged one.
+#[derive(Debug)]
+pub struct ListEntry {
+    /// Queue name, `/...`.
+    pub name: String,
+    /// The snapshot, or why it could not be taken (a corrupted queue, a
+    /// queue of another version, permission denied …).
+    pub info: Result<QueueInfo>,
+}
+
+/// Every queue in `dir` (default: `SHMQ_DIR`, else `/dev/shm/shmq`), sorted
+/// by name. Files that are not queues at all (no shmq magic number) are left
+/// out; queues that cannot be read are listed with their error.
+///
+/// # Errors
+/// When the directory cannot be read.
+pub fn list(dir: Option<&Path>) -> Result<Vec<ListEntry>> {
+    let dir = crate::name::queue_dir(dir)?;
+    let rd = std::fs::read_dir(&dir)
+        .map_err(|e| Error::Os(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+    let mut out = Vec::new();
+    for ent in rd.flatten() {
+        let fname = ent.file_name();
+        if ent.file_type().map(|t| !t.is_file()).unwrap_or(true) {
+            continue;
+        }
+        let mut name = b"/".to_vec();
+        name.extend_from_slice(fname.as_bytes());
+        let info = Inspector::open(&name, Some(&dir)).and_then(|i| i.info());
+        if let Err(Error::NotAQueue(_)) = info {
+            continue;
+        }
+        out.push(ListEntry { name: String::from_utf8_lossy(&name).into_owned(), info });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The directory queues live in for this process (see [`crate::name`]).
+///
+/// # Errors
+/// When the default directory cannot be created.
+pub fn queue_dir(dir: Option<&Path>) -> Result<PathBuf> {
+    crate::name::queue_dir(dir)
+}
+
+/// This library's layout version, `(major, minor)`.
+pub fn layout_version() -> (u32, u32) {
+    (VERSION >> 16, VERSION & 0xffff)
+}

@@ -71,16 +71,22 @@ pub struct NotifyReg {
     pub kind: AtomicU32,
     /// Start time of `pid` (clock ticks since boot), to tell pid reuse.
     pub start: AtomicU64,
-    /// Signal number for `SIGEV_SIGNAL`; for `SIGEV_THREAD`, the signal the
-    /// owner's helper thread waits on.
+    /// Signal number for `SIGEV_SIGNAL`.
     pub signo: AtomicU32,
-    /// Identifies the registration within the owner process.
+    /// Identifies the current registration (never 0 while registered).
     pub token: AtomicU32,
     /// `sigev_value` (the pointer-sized union, as an integer).
     pub value: AtomicU64,
+    /// Futex word bumped whenever a registration fires or is removed, so
+    /// that a `SIGEV_THREAD` helper thread wakes up.
+    pub event: AtomicU32,
+    /// Token of the last registration that fired.
+    pub fired_token: AtomicU32,
     /// Number of notifications sent (statistics).
     pub fired: AtomicU64,
-    _reserved: [AtomicU64; 3],
+    /// Source of registration tokens.
+    pub next_token: AtomicU32,
+    _reserved: AtomicU32,
 }
 
 /// Per-process counts of callers blocked in this queue.
@@ -517,11 +523,13 @@ impl Mapping {
 
 /// An empty queue formatted in a heap buffer: the algorithm without a file,
 /// for unit tests and property tests.
+#[cfg(test)]
 pub struct HeapRegion {
     region: Region,
     _buf: HeapBuf,
 }
 
+#[cfg(test)]
 impl HeapRegion {
     /// A ready, empty queue of the given geometry.
     pub fn new(geo: Geometry) -> HeapRegion {
@@ -540,17 +548,14 @@ impl HeapRegion {
 }
 
 /// A zeroed, page-aligned heap buffer that can stand in for a mapping in
-/// tests and in `mqtool`'s offline checks.
+/// tests.
+#[cfg(test)]
 pub struct HeapBuf {
     ptr: *mut u8,
     layout: std::alloc::Layout,
 }
 
-// SAFETY: HeapBuf owns its allocation exclusively.
-unsafe impl Send for HeapBuf {}
-// SAFETY: HeapBuf owns its allocation; shared access goes through Region.
-unsafe impl Sync for HeapBuf {}
-
+#[cfg(test)]
 impl HeapBuf {
     /// Allocates `len` zero bytes aligned to a page.
     pub fn zeroed(len: usize) -> HeapBuf {
@@ -585,6 +590,7 @@ impl HeapBuf {
     }
 }
 
+#[cfg(test)]
 impl Drop for HeapBuf {
     fn drop(&mut self) {
         // SAFETY: allocated in `zeroed` with this layout.

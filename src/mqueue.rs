@@ -28,6 +28,8 @@
 //! ```
 
 use crate::engine::{Handle, OpenRequest};
+use crate::notify::Notification;
+use nix::sys::signal::SigEvent;
 use nix::NixPath;
 use nix::errno::Errno;
 use nix::sys::stat::Mode;
@@ -171,6 +173,53 @@ pub fn mq_send(mqdes: &MqdT, message: &[u8], msq_prio: u32) -> Result<()> {
 /// As [`mq_send`], plus `ETIMEDOUT` and `EINVAL` (bad `abstime`).
 pub fn mq_timedsend(mqdes: &MqdT, message: &[u8], msq_prio: u32, abstime: &TimeSpec) -> Result<()> {
     errno(mqdes.0.desc().send(msq_prio, message, Some(abstime.as_ref())))
+}
+
+/// `mq_notify(mqdes, sevp)`—Registers this process to be told when a
+/// message arrives in the empty queue while no receiver waits; `None`
+/// removes the registration (a no-op for a process that is not the owner).
+/// Supports `SIGEV_NONE` and `SIGEV_SIGNAL`; for `SIGEV_THREAD` use
+/// [`mq_notify_thread`].
+///
+/// # Errors
+/// `EBUSY` when a live process, this one included, is registered; `EINVAL`
+/// for another `sigev_notify` or a bad signal number.
+pub fn mq_notify(mqdes: &MqdT, notification: Option<&SigEvent>) -> Result<()> {
+    let how = match notification.map(SigEvent::sigevent) {
+        None => None,
+        Some(ev) => Some(match ev.sigev_notify {
+            libc::SIGEV_NONE => Notification::None,
+            libc::SIGEV_SIGNAL => Notification::Signal {
+                signo: ev.sigev_signo,
+                value: ev.sigev_value.sival_ptr as usize as u64,
+            },
+            _ => return Err(Errno::EINVAL),
+        }),
+    };
+    errno(mqdes.0.notify(how))
+}
+
+/// `mq_notify` with `SIGEV_THREAD`: `f` runs once, in a new thread, when a
+/// message arrives in the empty queue while no receiver waits.
+///
+/// # Errors
+/// As [`mq_notify`].
+pub fn mq_notify_thread<F: FnOnce() + Send + 'static>(mqdes: &MqdT, f: F) -> Result<()> {
+    let deliver = Box::new(move || {
+        let _ = std::thread::Builder::new().name("shmq-notified".into()).spawn(f);
+    });
+    errno(mqdes.0.notify(Some(Notification::Thread { deliver })))
+}
+
+/// `mq_notify` with `SIGEV_THREAD` for foreign callers that start their own
+/// thread (with their own attributes): `deliver` runs once on the helper
+/// thread that waited for the event.
+///
+/// # Errors
+/// As [`mq_notify`].
+#[doc(hidden)]
+pub fn mq_notify_deliver(mqdes: &MqdT, deliver: Box<dyn FnOnce() + Send + 'static>) -> Result<()> {
+    errno(mqdes.0.notify(Some(Notification::Thread { deliver })))
 }
 
 fn to_mq_attr(a: crate::engine::Attr) -> MqAttr {

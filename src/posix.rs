@@ -6,6 +6,7 @@
 
 use crate::engine::{self, Handle, OpenRequest};
 use crate::error::Error;
+use crate::notify::Notification;
 use std::ffi::CStr;
 use std::fmt::{self, Debug, Formatter};
 use std::io::{self, ErrorKind};
@@ -212,6 +213,22 @@ pub fn remove_queue_c(name: &CStr) -> Result<(), io::Error> {
 /// As [`remove_queue`].
 pub fn remove_queue_in<P: AsRef<Path>, N: AsRef<[u8]> + ?Sized>(dir: P, name: &N) -> Result<(), io::Error> {
     Ok(engine::unlink(&with_slash(name.as_ref())?, Some(dir.as_ref()))?)
+}
+
+/// How [`PosixMq::notify`] tells the registered process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notify {
+    /// `SIGEV_NONE`: register without delivering anything (other processes
+    /// get EBUSY meanwhile).
+    Silent,
+    /// `SIGEV_SIGNAL`: queue `signal` with `si_code == SI_MESGQ`, the
+    /// sender's pid and uid, and `value` in `si_value`.
+    Signal {
+        /// Signal number.
+        signal: i32,
+        /// Delivered in `si_value`.
+        value: usize,
+    },
 }
 
 /// Information about the capacities and state of a message queue, from
@@ -446,14 +463,41 @@ impl PosixMq {
         }
     }
 
+    /// `mq_notify`: asks to be told when a message arrives in the empty
+    /// queue while no receiver is waiting; `None` removes this process's
+    /// registration. One process per queue may be registered; the
+    /// registration ends after one notification, on `notify(None)`, and when
+    /// this process closes any descriptor of the queue.
+    ///
+    /// # Errors
+    /// EBUSY if a live process (this one included) is already registered;
+    /// EINVAL for a signal number outside 0..=64.
+    pub fn notify(&self, how: Option<Notify>) -> Result<(), io::Error> {
+        let how = how.map(|n| match n {
+            Notify::Silent => Notification::None,
+            Notify::Signal { signal, value } => Notification::Signal { signo: signal, value: value as u64 },
+        });
+        Ok(self.h.notify(how)?)
+    }
+
+    /// `mq_notify` with `SIGEV_THREAD`, the Rust way: when a message arrives
+    /// in the empty queue (and no receiver waits), `f` runs once in a new
+    /// thread of this process. Re-arming from inside `f` works.
+    ///
+    /// # Errors
+    /// As [`notify`](PosixMq::notify).
+    pub fn notify_with<F: FnOnce() + Send + 'static>(&self, f: F) -> Result<(), io::Error> {
+        let deliver = Box::new(move || {
+            let _ = std::thread::Builder::new().name("shmq-notified".into()).spawn(f);
+        });
+        Ok(self.h.notify(Some(Notification::Thread { deliver }))?)
+    }
+
     /// The path of the queue file.
     pub fn path(&self) -> &Path {
         self.h.desc().queue().path()
     }
 
-    pub(crate) fn handle(&self) -> &Handle {
-        &self.h
-    }
 }
 
 impl Debug for PosixMq {

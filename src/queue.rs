@@ -22,6 +22,46 @@ use crate::layout::{
 };
 use std::sync::atomic::Ordering::{Relaxed, Release};
 
+/// Read-modify-write of a shared counter by the lock holder: a plain load and
+/// store (no locked instruction), since every writer holds the lock.
+pub trait Locked<T> {
+    /// `self += d` (wrapping).
+    fn add(&self, d: T);
+    /// `self -= d`, saturating at zero.
+    fn sub(&self, d: T);
+    /// `self |= bits`.
+    fn or(&self, bits: T);
+    /// `self &= bits`; returns the new value.
+    fn and(&self, bits: T) -> T;
+}
+
+macro_rules! locked_impl {
+    ($a:ty, $t:ty) => {
+        impl Locked<$t> for $a {
+            #[inline]
+            fn add(&self, d: $t) {
+                self.store(self.load(Relaxed).wrapping_add(d), Relaxed);
+            }
+            #[inline]
+            fn sub(&self, d: $t) {
+                self.store(self.load(Relaxed).saturating_sub(d), Relaxed);
+            }
+            #[inline]
+            fn or(&self, bits: $t) {
+                self.store(self.load(Relaxed) | bits, Relaxed);
+            }
+            #[inline]
+            fn and(&self, bits: $t) -> $t {
+                let v = self.load(Relaxed) & bits;
+                self.store(v, Relaxed);
+                v
+            }
+        }
+    };
+}
+locked_impl!(std::sync::atomic::AtomicU32, u32);
+locked_impl!(std::sync::atomic::AtomicU64, u64);
+
 /// An inconsistency found in the shared structures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Corrupt(pub &'static str);
@@ -50,7 +90,7 @@ pub fn alloc(r: &Region) -> QResult<Option<u32>> {
         return Err(Corrupt("free list link out of range"));
     }
     h.free_head.store(next, Relaxed);
-    h.nfree.fetch_sub(1, Relaxed);
+    h.nfree.sub(1);
     Ok(Some(idx))
 }
 
@@ -61,23 +101,21 @@ pub fn release(r: &Region, idx: u32) -> QResult<()> {
     s.state.store(SLOT_FREE, Release);
     s.next.store(h.free_head.load(Relaxed), Relaxed);
     h.free_head.store(idx + 1, Relaxed);
-    h.nfree.fetch_add(1, Relaxed);
+    h.nfree.add(1);
     Ok(())
 }
 
 fn bitmap_set(h: &Header, prio: usize) {
-    h.bitmap_leaf[prio / 64].fetch_or(1 << (prio % 64), Relaxed);
-    h.bitmap_mid[prio / 4096].fetch_or(1 << ((prio / 64) % 64), Relaxed);
-    h.bitmap_top.fetch_or(1 << (prio / 4096), Relaxed);
+    h.bitmap_leaf[prio / 64].or(1 << (prio % 64));
+    h.bitmap_mid[prio / 4096].or(1 << ((prio / 64) % 64));
+    h.bitmap_top.or(1 << (prio / 4096));
 }
 
 fn bitmap_clear(h: &Header, prio: usize) {
-    let leaf = h.bitmap_leaf[prio / 64].fetch_and(!(1 << (prio % 64)), Relaxed);
-    if leaf & !(1 << (prio % 64)) == 0 {
-        let mid = h.bitmap_mid[prio / 4096].fetch_and(!(1 << ((prio / 64) % 64)), Relaxed);
-        if mid & !(1 << ((prio / 64) % 64)) == 0 {
-            h.bitmap_top.fetch_and(!(1 << (prio / 4096)), Relaxed);
-        }
+    if h.bitmap_leaf[prio / 64].and(!(1 << (prio % 64))) == 0
+        && h.bitmap_mid[prio / 4096].and(!(1 << ((prio / 64) % 64))) == 0
+    {
+        h.bitmap_top.and(!(1 << (prio / 4096)));
     }
 }
 
@@ -110,7 +148,8 @@ pub fn enqueue(r: &Region, idx: u32, prio: u32, len: usize) -> QResult<()> {
     let s = slot(r, idx)?;
     s.prio.store(prio, Relaxed);
     s.len.store(len as u64, Relaxed);
-    s.seq.store(h.next_seq.fetch_add(1, Relaxed), Relaxed);
+    s.seq.store(h.next_seq.load(Relaxed), Relaxed);
+    h.next_seq.add(1);
     s.owner_pid.store(0, Relaxed);
     let tail = tail_word.load(Relaxed);
     if tail == NIL {
@@ -127,7 +166,7 @@ pub fn enqueue(r: &Region, idx: u32, prio: u32, len: usize) -> QResult<()> {
     if tail == NIL {
         bitmap_set(h, p);
     }
-    h.curmsgs.fetch_add(1, Relaxed);
+    h.curmsgs.add(1);
     Ok(())
 }
 
@@ -173,7 +212,7 @@ pub fn unlink_front(r: &Region, idx: u32, prio: u32) -> QResult<()> {
         slot(r, next)?;
         t.next.store(next, Relaxed);
     }
-    h.curmsgs.fetch_sub(1, Relaxed);
+    h.curmsgs.sub(1);
     Ok(())
 }
 
@@ -187,7 +226,7 @@ pub fn begin_inflight(r: &Region, idx: u32, state: u32, pid: i32, start: u64) ->
     s.next.store(h.inflight_head.load(Relaxed), Relaxed);
     s.state.store(state, Release);
     h.inflight_head.store(idx + 1, Relaxed);
-    h.ninflight.fetch_add(1, Relaxed);
+    h.ninflight.add(1);
     Ok(())
 }
 
@@ -208,7 +247,7 @@ pub fn end_inflight(r: &Region, idx: u32, state: u32, pid: i32) -> QResult<()> {
         let c = slot(r, cur - 1)?;
         if cur - 1 == idx {
             link.store(c.next.load(Relaxed), Relaxed);
-            h.ninflight.fetch_sub(1, Relaxed);
+            h.ninflight.sub(1);
             return Ok(());
         }
         link = &c.next;
@@ -356,7 +395,7 @@ pub fn rebuild(r: &Region, alive: &mut dyn FnMut(i32, u64) -> bool) -> RepairRep
         let s = r.slot(i).expect("index below maxmsg");
         s.next.store(h.inflight_head.load(Relaxed), Relaxed);
         h.inflight_head.store(i + 1, Relaxed);
-        h.ninflight.fetch_add(1, Relaxed);
+        h.ninflight.add(1);
     }
     rep.live_inflight = inflight.len() as u32;
 
@@ -376,8 +415,8 @@ pub fn rebuild(r: &Region, alive: &mut dyn FnMut(i32, u64) -> bool) -> RepairRep
     }
     rep.queued = queued.len() as u64;
     rep.corrupted += recount_waiters(r, alive);
-    h.repairs.fetch_add(1, Relaxed);
-    h.corrupted_slots.fetch_add(rep.corrupted, Relaxed);
+    h.repairs.add(1);
+    h.corrupted_slots.add(rep.corrupted);
     rep
 }
 

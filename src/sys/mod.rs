@@ -33,12 +33,6 @@ pub struct FileInfo {
     pub gid: u32,
     /// Mode bits, type included.
     pub mode: u32,
-    /// Links: 0 once the queue was unlinked.
-    pub nlink: u64,
-    /// Device and inode: identifies the queue.
-    pub dev: u64,
-    /// Inode number.
-    pub ino: u64,
 }
 
 /// `fstat(fd)`.
@@ -53,9 +47,6 @@ pub fn fstat(fd: RawFd) -> Result<FileInfo, Errno> {
         uid: st.st_uid,
         gid: st.st_gid,
         mode: st.st_mode,
-        nlink: st.st_nlink,
-        dev: st.st_dev,
-        ino: st.st_ino,
     })
 }
 
@@ -257,4 +248,40 @@ pub fn realtime_now() -> libc::timespec {
     // SAFETY: ts is valid storage; CLOCK_REALTIME always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
     ts
+}
+
+/// `rt_sigqueueinfo(pid, signo, info)` with `si_code = SI_MESGQ`, the
+/// sender's pid and uid and `value`: what the kernel's queues send for
+/// `SIGEV_SIGNAL`. Returns the errno on failure (e.g. `EPERM` for another
+/// user's process).
+pub fn queue_mesgq_signal(pid: i32, signo: i32, value: u64) -> Result<(), Errno> {
+    /// The `_rt` member of Linux's `siginfo_t`, padded to its full size.
+    #[repr(C)]
+    struct SigInfoRt {
+        si_signo: i32,
+        si_errno: i32,
+        si_code: i32,
+        _pad0: i32,
+        si_pid: i32,
+        si_uid: u32,
+        si_value: u64,
+        _rest: [u8; 128 - 32],
+    }
+    const _: () = assert!(std::mem::size_of::<SigInfoRt>() == std::mem::size_of::<libc::siginfo_t>());
+    const SI_MESGQ: i32 = -3;
+    let info = SigInfoRt {
+        si_signo: signo,
+        si_errno: 0,
+        si_code: SI_MESGQ,
+        _pad0: 0,
+        si_pid: proc::me().0,
+        // SAFETY: getuid cannot fail.
+        si_uid: unsafe { libc::getuid() },
+        si_value: value,
+        _rest: [0; 128 - 32],
+    };
+    // SAFETY: info is a fully initialised siginfo_t-sized buffer that the
+    // kernel only reads.
+    let r = unsafe { libc::syscall(libc::SYS_rt_sigqueueinfo, pid, signo, &info as *const SigInfoRt) };
+    if r == -1 { Err(Errno::last()) } else { Ok(()) }
 }
