@@ -28,7 +28,10 @@ fn kernel_pair(iters: u64, mqd: libc::mqd_t) -> Duration {
         // SAFETY: mqd is an open kernel queue; buffers are valid for their lengths.
         unsafe {
             assert_eq!(libc::mq_send(mqd, black_box(MSG.as_ptr().cast()), 64, 1), 0);
-            assert_eq!(libc::mq_receive(mqd, buf.as_mut_ptr().cast(), 64, &mut prio), 64);
+            assert_eq!(
+                libc::mq_receive(mqd, buf.as_mut_ptr().cast(), 64, &mut prio),
+                64
+            );
         }
     }
     t.elapsed()
@@ -41,7 +44,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let (reps, shmq_iters, kernel_iters) = if quick { (3, 200_000, 20_000) } else { (7, 2_000_000, 200_000) };
+    let (reps, shmq_iters, kernel_iters) = if quick {
+        (3, 200_000, 20_000)
+    } else {
+        (7, 2_000_000, 200_000)
+    };
     let dir = std::env::temp_dir().join(format!("shmq-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mq = shmq::OpenOptions::readwrite()
@@ -64,7 +71,11 @@ fn main() {
             &mut attr as *mut libc::mq_attr,
         )
     };
-    assert!(mqd >= 0, "kernel mq_open failed: {}", std::io::Error::last_os_error());
+    assert!(
+        mqd >= 0,
+        "kernel mq_open failed: {}",
+        std::io::Error::last_os_error()
+    );
     // Warm up both.
     shmq_pair(shmq_iters / 10, &mq);
     kernel_pair(kernel_iters / 10, mqd);

@@ -2,8 +2,17 @@
 fn main() {
     let dir = std::env::temp_dir().join(format!("shmq-pairloop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mq = shmq::OpenOptions::readwrite().capacity(10).max_msg_len(64).create_new().dir(&dir).open("/loop").unwrap();
-    let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let mq = shmq::OpenOptions::readwrite()
+        .capacity(10)
+        .max_msg_len(64)
+        .create_new()
+        .dir(&dir)
+        .open("/loop")
+        .unwrap();
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
     let msg = [7u8; 64];
     let mut buf = [0u8; 64];
     for _ in 0..n {

@@ -115,9 +115,14 @@ pub struct Attr {
 fn corrupted(e: HeaderError) -> Error {
     match e {
         HeaderError::NotAQueue(why) => Error::NotAQueue(why.to_string()),
-        HeaderError::Version { found } => Error::Incompatible { found, expected: VERSION },
+        HeaderError::Version { found } => Error::Incompatible {
+            found,
+            expected: VERSION,
+        },
         HeaderError::Corrupted(why) => Error::Corrupted(why),
-        HeaderError::Poisoned => Error::Corrupted("the queue was poisoned by a failed repair".into()),
+        HeaderError::Poisoned => {
+            Error::Corrupted("the queue was poisoned by a failed repair".into())
+        }
     }
 }
 
@@ -167,7 +172,9 @@ fn realtime_after(d: Duration) -> libc::timespec {
     let now = sys::realtime_now();
     let nsec = now.tv_nsec as u64 + u64::from(d.subsec_nanos());
     libc::timespec {
-        tv_sec: now.tv_sec.saturating_add(d.as_secs() as i64 + (nsec / 1_000_000_000) as i64),
+        tv_sec: now
+            .tv_sec
+            .saturating_add(d.as_secs() as i64 + (nsec / 1_000_000_000) as i64),
         tv_nsec: (nsec % 1_000_000_000) as _,
     }
 }
@@ -178,7 +185,6 @@ fn earlier<'a>(a: Option<&'a libc::timespec>, b: &'a libc::timespec) -> &'a libc
         _ => b,
     }
 }
-
 
 impl Queue {
     fn open_file(file: &File, path: PathBuf, name: &[u8]) -> Result<Queue> {
@@ -255,7 +261,9 @@ impl Queue {
             return false;
         }
         let dead = match queue::inflight(r) {
-            Ok(list) => list.iter().any(|&(_, _, pid, start)| !proc::alive(pid, start)),
+            Ok(list) => list
+                .iter()
+                .any(|&(_, _, pid, start)| !proc::alive(pid, start)),
             Err(_) => true,
         };
         if dead {
@@ -304,7 +312,8 @@ impl Queue {
             for _ in 0..64 {
                 if side.ready(r) {
                     let n = self.spin_ns.load(Relaxed);
-                    self.spin_ns.store((n.saturating_mul(2)).min(SPIN_MAX_NS), Relaxed);
+                    self.spin_ns
+                        .store((n.saturating_mul(2)).min(SPIN_MAX_NS), Relaxed);
                     return true;
                 }
                 std::hint::spin_loop();
@@ -450,7 +459,13 @@ impl Queue {
     /// Called with the lock held when the caller cannot proceed. Returns with
     /// the lock held when the caller should look again, or an error
     /// (`ETIMEDOUT`, `EINTR`) to give up.
-    fn block(&self, g: &mut Guard<'_>, side: Side, deadline: Option<&libc::timespec>, w: &mut Waiting) -> Result<()> {
+    fn block(
+        &self,
+        g: &mut Guard<'_>,
+        side: Side,
+        deadline: Option<&libc::timespec>,
+        w: &mut Waiting,
+    ) -> Result<()> {
         let r = self.region();
         if deadline.is_some_and(reached) {
             return Err(Error::Os(Errno::ETIMEDOUT));
@@ -483,7 +498,9 @@ impl Queue {
         }
         side.counters(r).1.sub(1);
         match res {
-            Err(WaitError::TimedOut) if deadline.is_some_and(reached) => Err(Error::Os(Errno::ETIMEDOUT)),
+            Err(WaitError::TimedOut) if deadline.is_some_and(reached) => {
+                Err(Error::Os(Errno::ETIMEDOUT))
+            }
             Err(WaitError::Interrupted) => Err(Error::Os(Errno::EINTR)),
             _ => Ok(()),
         }
@@ -511,19 +528,20 @@ impl Description {
         old & FLAG_NONBLOCK != 0
     }
 
-    /// `mq_getattr`.
+    /// `mq_getattr`. Takes the lock, so the count is consistent (and
+    /// repaired first if a process died mid-operation).
     pub fn attr(&self) -> Result<Attr> {
         let q = &self.queue;
-        let h = q.region().header();
-        let curmsgs = if h.ninflight.load(Relaxed) > 0 {
-            let g = q.lock()?;
-            q.reap_inflight(&g);
-            h.curmsgs.load(Relaxed)
-        } else {
-            h.curmsgs.load(Relaxed)
-        };
+        let g = q.lock()?;
+        q.reap_inflight(&g);
+        let curmsgs = q.region().header().curmsgs.load(Relaxed);
+        drop(g);
         Ok(Attr {
-            flags: if self.nonblocking() { libc::O_NONBLOCK as i64 } else { 0 },
+            flags: if self.nonblocking() {
+                libc::O_NONBLOCK as i64
+            } else {
+                0
+            },
             maxmsg: i64::from(q.geo.maxmsg),
             msgsize: q.geo.msgsize as i64,
             curmsgs: curmsgs as i64,
@@ -579,11 +597,13 @@ impl Description {
             r.write_payload(idx, msg);
         } else {
             let (pid, start) = proc::me();
-            queue::begin_inflight(r, idx, SLOT_WRITING, pid, start).map_err(|c| Error::Corrupted(c.0.into()))?;
+            queue::begin_inflight(r, idx, SLOT_WRITING, pid, start)
+                .map_err(|c| Error::Corrupted(c.0.into()))?;
             g.unlocked(|| r.write_payload(idx, msg))?;
             if let Err(c) = queue::end_inflight(r, idx, SLOT_WRITING, pid) {
                 q.repair(&g, c, &mut attempts)?;
-                queue::end_inflight(r, idx, SLOT_WRITING, pid).map_err(|c| Error::Corrupted(c.0.into()))?;
+                queue::end_inflight(r, idx, SLOT_WRITING, pid)
+                    .map_err(|c| Error::Corrupted(c.0.into()))?;
             }
         }
         if let Err(c) = queue::enqueue(r, idx, prio, msg.len()) {
@@ -592,7 +612,11 @@ impl Description {
         }
         h.total_sent.add(1);
         let wake = g.prepare_wake(Side::Recv);
-        let notify = if was_empty { crate::notify::should_fire(&g, q) } else { None };
+        let notify = if was_empty {
+            crate::notify::should_fire(&g, q)
+        } else {
+            None
+        };
         drop(g);
         q.wake(Side::Recv, wake);
         if let Some(n) = notify {
@@ -602,7 +626,11 @@ impl Description {
     }
 
     /// `mq_timedreceive`: fills `buf`, returns `(len, prio)`.
-    pub fn receive(&self, buf: &mut [u8], deadline: Option<&libc::timespec>) -> Result<(usize, u32)> {
+    pub fn receive(
+        &self,
+        buf: &mut [u8],
+        deadline: Option<&libc::timespec>,
+    ) -> Result<(usize, u32)> {
         if let Some(d) = deadline {
             check_timespec(d)?;
         }
@@ -659,7 +687,8 @@ impl Description {
             g.unlocked(|| r.read_payload(idx, &mut buf[..len]))?;
             if let Err(c) = queue::end_inflight(r, idx, SLOT_READING, pid) {
                 q.repair(&g, c, &mut attempts)?;
-                queue::end_inflight(r, idx, SLOT_READING, pid).map_err(|c| Error::Corrupted(c.0.into()))?;
+                queue::end_inflight(r, idx, SLOT_READING, pid)
+                    .map_err(|c| Error::Corrupted(c.0.into()))?;
             }
             queue::release(r, idx).map_err(|c| Error::Corrupted(c.0.into()))?;
         }
@@ -711,7 +740,12 @@ impl Handle {
         }
     }
 
-    fn create(req: &OpenRequest<'_>, dir: &Path, fname: &std::ffi::OsStr, path: &Path) -> Result<Option<(File, Queue)>> {
+    fn create(
+        req: &OpenRequest<'_>,
+        dir: &Path,
+        fname: &std::ffi::OsStr,
+        path: &Path,
+    ) -> Result<Option<(File, Queue)>> {
         let (maxmsg, msgsize) = req.attr.unwrap_or((DEFAULT_MAXMSG, DEFAULT_MSGSIZE));
         let geo = Geometry::new(maxmsg, msgsize).map_err(|e| match e {
             GeometryError::NotPositive => Error::Os(Errno::EINVAL),
@@ -756,7 +790,15 @@ impl Handle {
 
     fn finish(file: File, q: Queue, read: bool, write: bool, nonblock: bool) -> Result<Handle> {
         let flags = SharedFlags::new(if nonblock { FLAG_NONBLOCK } else { 0 })?;
-        Ok(Handle { fd: file.into(), desc: Arc::new(Description { queue: q, flags, read, write }) })
+        Ok(Handle {
+            fd: file.into(),
+            desc: Arc::new(Description {
+                queue: q,
+                flags,
+                read,
+                write,
+            }),
+        })
     }
 
     /// The open description.
@@ -771,7 +813,10 @@ impl Handle {
 
     /// `dup`: a new descriptor sharing this one's open description.
     pub fn try_clone(&self) -> Result<Handle> {
-        Ok(Handle { fd: sys::dup_cloexec(self.fd.as_raw_fd())?, desc: self.desc.clone() })
+        Ok(Handle {
+            fd: sys::dup_cloexec(self.fd.as_raw_fd())?,
+            desc: self.desc.clone(),
+        })
     }
 
     /// The file descriptor of the queue file held by this handle.
@@ -785,6 +830,44 @@ impl Handle {
     }
 }
 
+/// Where [`Description::die_holding_lock`] stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// A send that took a slot off the free list and half wrote it.
+    MidSend,
+    /// A receive that unlinked the head message but has not freed it.
+    MidReceive,
+}
+
+impl Description {
+    /// Crash-test hook: takes the lock, performs the first half of a send or
+    /// receive, then sleeps holding the lock until the process is killed.
+    pub fn die_holding_lock(&self, stage: Stage, on_locked: &dyn Fn()) -> ! {
+        let q = &self.queue;
+        let r = q.region();
+        let g = q.lock().expect("lock");
+        match stage {
+            Stage::MidSend => {
+                if let Ok(Some(idx)) = queue::alloc(r) {
+                    let half = vec![0xee; q.geo.msgsize / 2];
+                    r.write_payload(idx, &half);
+                    r.slot(idx).expect("valid").prio.store(1, Relaxed);
+                }
+            }
+            Stage::MidReceive => {
+                if let Ok(Some((idx, prio, _))) = queue::front(r) {
+                    let _ = queue::unlink_front(r, idx, prio);
+                }
+            }
+        }
+        std::mem::forget(g);
+        on_locked();
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
 impl Drop for Handle {
     fn drop(&mut self) {
         crate::notify::on_close(&self.desc.queue);
@@ -793,7 +876,12 @@ impl Drop for Handle {
 
 /// Whether the caller may use queue `q` for the given access, by its mode.
 pub fn permitted_on(q: &Queue, read: bool, write: bool) -> bool {
-    permitted(q.region().header().mode.load(Relaxed), &q.file_info, read, write)
+    permitted(
+        q.region().header().mode.load(Relaxed),
+        &q.file_info,
+        read,
+        write,
+    )
 }
 
 /// `mq_unlink`: removes the name now; open handles keep working and the
@@ -838,10 +926,16 @@ mod tests {
 
     #[test]
     fn timespec_rules() {
-        let ts = |s, n| libc::timespec { tv_sec: s, tv_nsec: n };
+        let ts = |s, n| libc::timespec {
+            tv_sec: s,
+            tv_nsec: n,
+        };
         assert!(check_timespec(&ts(0, 0)).is_ok());
         assert!(check_timespec(&ts(i64::MAX, 999_999_999)).is_ok());
-        assert_eq!(check_timespec(&ts(0, 1_000_000_000)), Err(Error::Os(Errno::EINVAL)));
+        assert_eq!(
+            check_timespec(&ts(0, 1_000_000_000)),
+            Err(Error::Os(Errno::EINVAL))
+        );
         assert_eq!(check_timespec(&ts(0, -1)), Err(Error::Os(Errno::EINVAL)));
         assert_eq!(check_timespec(&ts(-1, 0)), Err(Error::Os(Errno::EINVAL)));
     }

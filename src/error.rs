@@ -155,7 +155,13 @@ mod tests {
         let cases = [
             (Error::Os(Errno::EAGAIN), Errno::EAGAIN),
             (Error::NotAQueue("x".into()), Errno::EBADMSG),
-            (Error::Incompatible { found: 2 << 16, expected: 1 << 16 }, Errno::EPROTO),
+            (
+                Error::Incompatible {
+                    found: 2 << 16,
+                    expected: 1 << 16,
+                },
+                Errno::EPROTO,
+            ),
             (Error::Corrupted("x".into()), Errno::EBADMSG),
         ];
         for (err, errno) in cases {

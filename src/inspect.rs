@@ -140,7 +140,9 @@ impl Inspector {
             full.push(b'/');
         }
         full.extend_from_slice(name);
-        Ok(Inspector { q: engine::open_for_inspection(&full, dir)? })
+        Ok(Inspector {
+            q: engine::open_for_inspection(&full, dir)?,
+        })
     }
 
     /// Path of the queue file.
@@ -188,7 +190,10 @@ impl Inspector {
             name: String::from_utf8_lossy(q.name()).into_owned(),
             path: q.path().to_path_buf(),
             file_size: q.geometry().file_size as u64,
-            version: (h.version.load(Relaxed) >> 16, h.version.load(Relaxed) & 0xffff),
+            version: (
+                h.version.load(Relaxed) >> 16,
+                h.version.load(Relaxed) & 0xffff,
+            ),
             capacity: u64::from(q.geometry().maxmsg),
             max_msg_len: q.geometry().msgsize as u64,
             current_messages: h.curmsgs.load(Relaxed),
@@ -228,7 +233,10 @@ impl Inspector {
             queue::for_each(r, |idx, prio, len| {
                 let mut data = vec![0; len];
                 r.read_payload(idx, &mut data);
-                out.push(Message { priority: prio, data });
+                out.push(Message {
+                    priority: prio,
+                    data,
+                });
                 out.len() < limit
             })
             .map_err(|c| Error::Corrupted(c.0.into()))?;
@@ -310,7 +318,10 @@ pub fn list(dir: Option<&Path>) -> Result<Vec<ListEntry>> {
         if let Err(Error::NotAQueue(_)) = info {
             continue;
         }
-        out.push(ListEntry { name: String::from_utf8_lossy(&name).into_owned(), info });
+        out.push(ListEntry {
+            name: String::from_utf8_lossy(&name).into_owned(),
+            info,
+        });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)

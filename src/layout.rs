@@ -282,7 +282,12 @@ impl Geometry {
         if u32::try_from(stride).is_err() {
             return Err(GeometryError::Overflow);
         }
-        Ok(Geometry { maxmsg, msgsize, stride, file_size })
+        Ok(Geometry {
+            maxmsg,
+            msgsize,
+            stride,
+            file_size,
+        })
     }
 }
 
@@ -324,7 +329,9 @@ impl Region {
     pub unsafe fn open(base: *mut u8, len: usize) -> Result<Region, HeaderError> {
         debug_assert!(base as usize % SLOT_ALIGN == 0);
         if len < HEADER_SIZE {
-            return Err(HeaderError::NotAQueue("file is smaller than a queue header"));
+            return Err(HeaderError::NotAQueue(
+                "file is smaller than a queue header",
+            ));
         }
         // SAFETY: len >= HEADER_SIZE >= size_of::<Header>() and base is
         // aligned (caller); Header is all atomics and UnsafeCell.
@@ -349,8 +356,16 @@ impl Region {
         )
         .map_err(|_| HeaderError::Corrupted(format!("impossible capacity {maxmsg} x {msgsize}")))?;
         let checks = [
-            ("header size", h.header_size.load(Relaxed) as u64, HEADER_SIZE as u64),
-            ("slot stride", h.stride.load(Relaxed) as u64, geo.stride as u64),
+            (
+                "header size",
+                h.header_size.load(Relaxed) as u64,
+                HEADER_SIZE as u64,
+            ),
+            (
+                "slot stride",
+                h.stride.load(Relaxed) as u64,
+                geo.stride as u64,
+            ),
             ("file size", h.file_size.load(Relaxed), geo.file_size as u64),
             ("actual file size", len as u64, geo.file_size as u64),
             (
@@ -395,14 +410,17 @@ impl Region {
         h.msgsize.store(geo.msgsize as u64, Relaxed);
         h.file_size.store(geo.file_size as u64, Relaxed);
         h.mode.store(mode & 0o777, Relaxed);
-        h.mutex_size.store(size_of::<libc::pthread_mutex_t>() as u32, Relaxed);
+        h.mutex_size
+            .store(size_of::<libc::pthread_mutex_t>() as u32, Relaxed);
         h.nprio.store(NPRIO as u32, Relaxed);
-        h.slot_header_size.store(size_of::<SlotHeader>() as u32, Relaxed);
+        h.slot_header_size
+            .store(size_of::<SlotHeader>() as u32, Relaxed);
         h.next_seq.store(1, Relaxed);
         // Free list: 0 -> 1 -> ... -> maxmsg-1.
         for i in 0..geo.maxmsg {
             let s = r.slot(i).expect("index below maxmsg");
-            s.next.store(if i + 1 < geo.maxmsg { i + 2 } else { NIL }, Relaxed);
+            s.next
+                .store(if i + 1 < geo.maxmsg { i + 2 } else { NIL }, Relaxed);
         }
         h.free_head.store(1, Relaxed);
         h.nfree.store(u64::from(geo.maxmsg), Relaxed);
@@ -482,9 +500,10 @@ pub enum MapError {
 }
 
 fn map_file(file: &std::fs::File, len: usize) -> Result<memmap2::MmapRaw, nix::errno::Errno> {
-    memmap2::MmapOptions::new().len(len).map_raw(file).map_err(|e| {
-        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOMEM))
-    })
+    memmap2::MmapOptions::new()
+        .len(len)
+        .map_raw(file)
+        .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOMEM)))
 }
 
 impl Mapping {
@@ -507,7 +526,11 @@ impl Mapping {
     /// Maps a new, zero-filled file of `geo.file_size` bytes that no other
     /// process can see yet and formats an empty queue in it, lock included.
     /// `state` is left at 0; the caller publishes [`STATE_READY`].
-    pub fn format(file: &std::fs::File, geo: Geometry, mode: u32) -> Result<Mapping, nix::errno::Errno> {
+    pub fn format(
+        file: &std::fs::File,
+        geo: Geometry,
+        mode: u32,
+    ) -> Result<Mapping, nix::errno::Errno> {
         let map = map_file(file, geo.file_size)?;
         // SAFETY: as in `open`; the file is new, zeroed and private to us.
         let region = unsafe { Region::format(map.as_mut_ptr(), geo.file_size, geo, mode) };
@@ -607,7 +630,10 @@ mod tests {
         assert_eq!(Geometry::new(0, 10), Err(GeometryError::NotPositive));
         assert_eq!(Geometry::new(10, 0), Err(GeometryError::NotPositive));
         assert_eq!(Geometry::new(-1, 10), Err(GeometryError::NotPositive));
-        assert_eq!(Geometry::new(i64::MAX, i64::MAX), Err(GeometryError::Overflow));
+        assert_eq!(
+            Geometry::new(i64::MAX, i64::MAX),
+            Err(GeometryError::Overflow)
+        );
         assert_eq!(Geometry::new(1 << 40, 64), Err(GeometryError::Overflow));
         let g = Geometry::new(10, 8192).unwrap();
         assert_eq!(g.stride % SLOT_ALIGN, 0);
@@ -636,7 +662,9 @@ mod tests {
         let g = Geometry::new(5, 100).unwrap();
         let mut buf = HeapBuf::zeroed(g.file_size);
         // SAFETY: zeroed buffer.
-        let e = unsafe { Region::open(buf.as_ptr(), buf.len()) }.err().unwrap();
+        let e = unsafe { Region::open(buf.as_ptr(), buf.len()) }
+            .err()
+            .unwrap();
         assert!(matches!(e, HeaderError::NotAQueue(_)));
         // SAFETY: as above.
         let r = unsafe { Region::format(buf.as_ptr(), buf.len(), g, 0o600) };
@@ -644,12 +672,16 @@ mod tests {
         r.header().version.store(2 << 16, Relaxed);
         drop(r);
         // SAFETY: as above.
-        let e = unsafe { Region::open(buf.as_ptr(), buf.len()) }.err().unwrap();
+        let e = unsafe { Region::open(buf.as_ptr(), buf.len()) }
+            .err()
+            .unwrap();
         assert_eq!(e, HeaderError::Version { found: 2 << 16 });
         buf.bytes_mut()[8..12].copy_from_slice(&VERSION.to_le_bytes());
         buf.bytes_mut()[24] = 6; // maxmsg 6 no longer matches the file size
         // SAFETY: as above.
-        let e = unsafe { Region::open(buf.as_ptr(), buf.len()) }.err().unwrap();
+        let e = unsafe { Region::open(buf.as_ptr(), buf.len()) }
+            .err()
+            .unwrap();
         assert!(matches!(e, HeaderError::Corrupted(_)), "{e:?}");
         // SAFETY: a length shorter than the header.
         let e = unsafe { Region::open(buf.as_ptr(), 100) }.err().unwrap();

@@ -48,4 +48,7 @@ mod sync;
 mod sys;
 
 pub use error::{Error, Result, errno_name};
-pub use posix::{Attributes, IntoIter, Iter, Notify, OpenOptions, PosixMq, remove_queue, remove_queue_c, remove_queue_in};
+pub use posix::{
+    Attributes, IntoIter, Iter, Notify, OpenOptions, PosixMq, remove_queue, remove_queue_c,
+    remove_queue_in,
+};

@@ -29,9 +29,9 @@
 
 use crate::engine::{Handle, OpenRequest};
 use crate::notify::Notification;
-use nix::sys::signal::SigEvent;
 use nix::NixPath;
 use nix::errno::Errno;
+use nix::sys::signal::SigEvent;
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeSpec;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -152,7 +152,12 @@ pub fn mq_receive(mqdes: &MqdT, message: &mut [u8], msg_prio: &mut u32) -> Resul
 ///
 /// # Errors
 /// As [`mq_receive`], plus `ETIMEDOUT` and `EINVAL` (bad `abstime`).
-pub fn mq_timedreceive(mqdes: &MqdT, message: &mut [u8], msg_prio: &mut u32, abstime: &TimeSpec) -> Result<usize> {
+pub fn mq_timedreceive(
+    mqdes: &MqdT,
+    message: &mut [u8],
+    msg_prio: &mut u32,
+    abstime: &TimeSpec,
+) -> Result<usize> {
     let (len, prio) = errno(mqdes.0.desc().receive(message, Some(abstime.as_ref())))?;
     *msg_prio = prio;
     Ok(len)
@@ -172,7 +177,12 @@ pub fn mq_send(mqdes: &MqdT, message: &[u8], msq_prio: u32) -> Result<()> {
 /// # Errors
 /// As [`mq_send`], plus `ETIMEDOUT` and `EINVAL` (bad `abstime`).
 pub fn mq_timedsend(mqdes: &MqdT, message: &[u8], msq_prio: u32, abstime: &TimeSpec) -> Result<()> {
-    errno(mqdes.0.desc().send(msq_prio, message, Some(abstime.as_ref())))
+    errno(
+        mqdes
+            .0
+            .desc()
+            .send(msq_prio, message, Some(abstime.as_ref())),
+    )
 }
 
 /// `mq_notify(mqdes, sevp)`—Registers this process to be told when a
@@ -206,7 +216,9 @@ pub fn mq_notify(mqdes: &MqdT, notification: Option<&SigEvent>) -> Result<()> {
 /// As [`mq_notify`].
 pub fn mq_notify_thread<F: FnOnce() + Send + 'static>(mqdes: &MqdT, f: F) -> Result<()> {
     let deliver = Box::new(move || {
-        let _ = std::thread::Builder::new().name("shmq-notified".into()).spawn(f);
+        let _ = std::thread::Builder::new()
+            .name("shmq-notified".into())
+            .spawn(f);
     });
     errno(mqdes.0.notify(Some(Notification::Thread { deliver })))
 }

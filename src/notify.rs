@@ -77,7 +77,11 @@ pub(crate) fn owner(r: &Region) -> Option<crate::inspect::NotifyOwner> {
         libc::SIGEV_THREAD => "thread",
         _ => "none",
     };
-    Some(crate::inspect::NotifyOwner { pid, kind, signo: n.signo.load(Relaxed) as i32 })
+    Some(crate::inspect::NotifyOwner {
+        pid,
+        kind,
+        signo: n.signo.load(Relaxed) as i32,
+    })
 }
 
 /// `mq_notify(mqdes, notification)` on an open description.

@@ -61,7 +61,13 @@ impl Debug for OpenOptions {
 
 impl OpenOptions {
     fn new(flags: libc::c_int) -> Self {
-        OpenOptions { flags, mode: 0o600, capacity: 0, max_msg_len: 0, dir: None }
+        OpenOptions {
+            flags,
+            mode: 0o600,
+            capacity: 0,
+            max_msg_len: 0,
+            dir: None,
+        }
     }
 
     /// Open message queue for receiving only.
@@ -173,7 +179,9 @@ impl OpenOptions {
             mode: self.mode,
             attr,
         };
-        Ok(PosixMq { h: Handle::open(&req)? })
+        Ok(PosixMq {
+            h: Handle::open(&req)?,
+        })
     }
 }
 
@@ -211,8 +219,14 @@ pub fn remove_queue_c(name: &CStr) -> Result<(), io::Error> {
 ///
 /// # Errors
 /// As [`remove_queue`].
-pub fn remove_queue_in<P: AsRef<Path>, N: AsRef<[u8]> + ?Sized>(dir: P, name: &N) -> Result<(), io::Error> {
-    Ok(engine::unlink(&with_slash(name.as_ref())?, Some(dir.as_ref()))?)
+pub fn remove_queue_in<P: AsRef<Path>, N: AsRef<[u8]> + ?Sized>(
+    dir: P,
+    name: &N,
+) -> Result<(), io::Error> {
+    Ok(engine::unlink(
+        &with_slash(name.as_ref())?,
+        Some(dir.as_ref()),
+    )?)
 }
 
 /// How [`PosixMq::notify`] tells the registered process.
@@ -260,7 +274,10 @@ impl Debug for Attributes {
 /// Converts a `SystemTime` to a `timespec`; `Err` with a saturated value when
 /// it is not representable.
 pub(crate) fn deadline_to_realtime(deadline: SystemTime) -> Result<libc::timespec, libc::timespec> {
-    let ts = |s: i64, n: i64| libc::timespec { tv_sec: s, tv_nsec: n as _ };
+    let ts = |s: i64, n: i64| libc::timespec {
+        tv_sec: s,
+        tv_nsec: n as _,
+    };
     match deadline.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) if d.as_secs() > i64::MAX as u64 => Err(ts(i64::MAX, 0)),
         Ok(d) => Ok(ts(d.as_secs() as i64, i64::from(d.subsec_nanos()))),
@@ -271,7 +288,10 @@ pub(crate) fn deadline_to_realtime(deadline: SystemTime) -> Result<libc::timespe
             } else if before.subsec_nanos() == 0 {
                 Ok(ts(-(before.as_secs() as i64), 0))
             } else {
-                Ok(ts(-(before.as_secs() as i64) - 1, 1_000_000_000 - i64::from(before.subsec_nanos())))
+                Ok(ts(
+                    -(before.as_secs() as i64) - 1,
+                    1_000_000_000 - i64::from(before.subsec_nanos()),
+                ))
             }
         }
     }
@@ -285,7 +305,10 @@ fn timeout_to_realtime(timeout: Duration) -> Result<libc::timespec, io::Error> {
         .ok()
         .and_then(|s| now.tv_sec.checked_add(s))
         .and_then(|s| s.checked_add(nsec / 1_000_000_000))
-        .map(|s| libc::timespec { tv_sec: s, tv_nsec: (nsec % 1_000_000_000) as _ })
+        .map(|s| libc::timespec {
+            tv_sec: s,
+            tv_nsec: (nsec % 1_000_000_000) as _,
+        })
         .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "timeout is too long"))
 }
 
@@ -362,7 +385,12 @@ impl PosixMq {
     /// # Errors
     /// As `send`, plus ETIMEDOUT => `TimedOut`, and `InvalidInput` for a
     /// timeout too long to represent.
-    pub fn send_timeout(&self, priority: u32, msg: &[u8], timeout: Duration) -> Result<(), io::Error> {
+    pub fn send_timeout(
+        &self,
+        priority: u32,
+        msg: &[u8],
+        timeout: Duration,
+    ) -> Result<(), io::Error> {
         let d = timeout_to_realtime(timeout)?;
         retry(|| self.h.desc().send(priority, msg, Some(&d)))
     }
@@ -371,7 +399,12 @@ impl PosixMq {
     ///
     /// # Errors
     /// As `send_timeout`.
-    pub fn send_deadline(&self, priority: u32, msg: &[u8], deadline: SystemTime) -> Result<(), io::Error> {
+    pub fn send_deadline(
+        &self,
+        priority: u32,
+        msg: &[u8],
+        deadline: SystemTime,
+    ) -> Result<(), io::Error> {
         let d = deadline_to_realtime(deadline).map_err(|_| bad_deadline())?;
         retry(|| self.h.desc().send(priority, msg, Some(&d)))
     }
@@ -381,7 +414,11 @@ impl PosixMq {
     /// # Errors
     /// As `recv`, plus ETIMEDOUT => `TimedOut`, and `InvalidInput` for a
     /// timeout too long to represent.
-    pub fn recv_timeout(&self, msgbuf: &mut [u8], timeout: Duration) -> Result<(u32, usize), io::Error> {
+    pub fn recv_timeout(
+        &self,
+        msgbuf: &mut [u8],
+        timeout: Duration,
+    ) -> Result<(u32, usize), io::Error> {
         let d = timeout_to_realtime(timeout)?;
         retry(|| self.h.desc().receive(msgbuf, Some(&d))).map(|(len, prio)| (prio, len))
     }
@@ -390,7 +427,11 @@ impl PosixMq {
     ///
     /// # Errors
     /// As `recv_timeout`.
-    pub fn recv_deadline(&self, msgbuf: &mut [u8], deadline: SystemTime) -> Result<(u32, usize), io::Error> {
+    pub fn recv_deadline(
+        &self,
+        msgbuf: &mut [u8],
+        deadline: SystemTime,
+    ) -> Result<(u32, usize), io::Error> {
         let d = deadline_to_realtime(deadline).map_err(|_| bad_deadline())?;
         retry(|| self.h.desc().receive(msgbuf, Some(&d))).map(|(len, prio)| (prio, len))
     }
@@ -435,7 +476,9 @@ impl PosixMq {
     /// # Errors
     /// EMFILE when out of file descriptors.
     pub fn try_clone(&self) -> Result<Self, io::Error> {
-        Ok(PosixMq { h: self.h.try_clone()? })
+        Ok(PosixMq {
+            h: self.h.try_clone()?,
+        })
     }
 
     /// Whether the descriptor is closed on `exec`: always true, since the
@@ -475,7 +518,10 @@ impl PosixMq {
     pub fn notify(&self, how: Option<Notify>) -> Result<(), io::Error> {
         let how = how.map(|n| match n {
             Notify::Silent => Notification::None,
-            Notify::Signal { signal, value } => Notification::Signal { signo: signal, value: value as u64 },
+            Notify::Signal { signal, value } => Notification::Signal {
+                signo: signal,
+                value: value as u64,
+            },
         });
         Ok(self.h.notify(how)?)
     }
@@ -488,7 +534,9 @@ impl PosixMq {
     /// As [`notify`](PosixMq::notify).
     pub fn notify_with<F: FnOnce() + Send + 'static>(&self, f: F) -> Result<(), io::Error> {
         let deliver = Box::new(move || {
-            let _ = std::thread::Builder::new().name("shmq-notified".into()).spawn(f);
+            let _ = std::thread::Builder::new()
+                .name("shmq-notified".into())
+                .spawn(f);
         });
         Ok(self.h.notify(Some(Notification::Thread { deliver }))?)
     }
@@ -497,13 +545,30 @@ impl PosixMq {
     pub fn path(&self) -> &Path {
         self.h.desc().queue().path()
     }
+}
 
+#[doc(hidden)]
+impl PosixMq {
+    /// Crash-test hook, not part of the API: takes the queue lock, does the
+    /// first half of a send (`mid_receive == false`) or a receive, calls
+    /// `on_locked`, and sleeps holding the lock until the process is killed.
+    pub fn __die_holding_lock(&self, mid_receive: bool, on_locked: &dyn Fn()) -> ! {
+        let stage = if mid_receive {
+            engine::Stage::MidReceive
+        } else {
+            engine::Stage::MidSend
+        };
+        self.h.desc().die_holding_lock(stage, on_locked)
+    }
 }
 
 impl Debug for PosixMq {
     fn fmt(&self, fmtr: &mut Formatter<'_>) -> fmt::Result {
         fmtr.debug_struct("PosixMq")
-            .field("name", &String::from_utf8_lossy(self.h.desc().queue().name()))
+            .field(
+                "name",
+                &String::from_utf8_lossy(self.h.desc().queue().name()),
+            )
             .field("fd", &self.h.raw_fd())
             .finish()
     }
@@ -546,7 +611,11 @@ pub struct IntoIter {
 impl Iterator for IntoIter {
     type Item = (u32, Vec<u8>);
     fn next(&mut self) -> Option<(u32, Vec<u8>)> {
-        Iter { mq: &self.mq, max_msg_len: self.max_msg_len }.next()
+        Iter {
+            mq: &self.mq,
+            max_msg_len: self.max_msg_len,
+        }
+        .next()
     }
 }
 
@@ -554,7 +623,10 @@ impl<'a> IntoIterator for &'a PosixMq {
     type Item = (u32, Vec<u8>);
     type IntoIter = Iter<'a>;
     fn into_iter(self) -> Iter<'a> {
-        Iter { mq: self, max_msg_len: self.h.desc().queue().geometry().msgsize }
+        Iter {
+            mq: self,
+            max_msg_len: self.h.desc().queue().geometry().msgsize,
+        }
     }
 }
 
@@ -563,7 +635,10 @@ impl IntoIterator for PosixMq {
     type IntoIter = IntoIter;
     fn into_iter(self) -> IntoIter {
         let max_msg_len = self.h.desc().queue().geometry().msgsize;
-        IntoIter { mq: self, max_msg_len }
+        IntoIter {
+            mq: self,
+            max_msg_len,
+        }
     }
 }
 
@@ -579,7 +654,10 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH - Duration::new(1, 250_000_000);
         let ts = deadline_to_realtime(t).unwrap();
         assert_eq!((ts.tv_sec, ts.tv_nsec), (-2, 750_000_000));
-        assert_eq!(timeout_to_realtime(Duration::MAX).unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            timeout_to_realtime(Duration::MAX).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
     }
 
     #[test]
@@ -587,7 +665,10 @@ mod tests {
         assert_eq!(with_slash(b"q").unwrap(), b"/q");
         assert_eq!(with_slash(b"/q").unwrap(), b"/q");
         assert_eq!(with_slash(b"").unwrap(), b"/");
-        assert_eq!(with_slash(b"a\0").unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            with_slash(b"a\0").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
     }
 
     fn assert_send_sync<T: Send + Sync>() {}

@@ -127,7 +127,11 @@ pub fn highest(r: &Region) -> QResult<Option<u32>> {
         return Ok(None);
     }
     let t = 63 - top.leading_zeros() as usize;
-    let mid = h.bitmap_mid.get(t).ok_or(Corrupt("bitmap top out of range"))?.load(Relaxed);
+    let mid = h
+        .bitmap_mid
+        .get(t)
+        .ok_or(Corrupt("bitmap top out of range"))?
+        .load(Relaxed);
     if mid == 0 {
         return Err(Corrupt("bitmap levels disagree"));
     }
@@ -182,7 +186,9 @@ pub fn front(r: &Region) -> QResult<Option<(u32, u32, usize)>> {
     let head = slot(r, tail - 1)?.next.load(Relaxed);
     let s = slot(r, head)?;
     if s.state.load(Relaxed) != SLOT_QUEUED || s.prio.load(Relaxed) != prio {
-        return Err(Corrupt("priority list holds a slot that is not queued there"));
+        return Err(Corrupt(
+            "priority list holds a slot that is not queued there",
+        ));
     }
     let len = s.len.load(Relaxed);
     if len > r.geometry().msgsize as u64 {
@@ -494,7 +500,9 @@ mod tests {
     }
 
     fn send(r: &Region, prio: u32, msg: &[u8]) -> bool {
-        let Some(i) = alloc(r).unwrap() else { return false };
+        let Some(i) = alloc(r).unwrap() else {
+            return false;
+        };
         r.write_payload(i, msg);
         enqueue(r, i, prio, msg.len()).unwrap();
         true
@@ -513,13 +521,27 @@ mod tests {
     fn priority_then_fifo() {
         let hr = region(8, 16);
         let r = hr.region();
-        for (p, m) in [(1, "a"), (5, "b"), (1, "c"), (32767, "d"), (0, "e"), (5, "f")] {
+        for (p, m) in [
+            (1, "a"),
+            (5, "b"),
+            (1, "c"),
+            (32767, "d"),
+            (0, "e"),
+            (5, "f"),
+        ] {
             assert!(send(r, p, m.as_bytes()));
         }
         let got: Vec<_> = std::iter::from_fn(|| recv(r))
             .map(|(p, m)| (p, String::from_utf8(m).unwrap()))
             .collect();
-        let want = [(32767, "d"), (5, "b"), (5, "f"), (1, "a"), (1, "c"), (0, "e")];
+        let want = [
+            (32767, "d"),
+            (5, "b"),
+            (5, "f"),
+            (1, "a"),
+            (1, "c"),
+            (0, "e"),
+        ];
         assert_eq!(got, want.map(|(p, m)| (p, m.to_string())));
         assert_eq!(r.header().curmsgs.load(Relaxed), 0);
         assert_eq!(r.header().nfree.load(Relaxed), 8);
@@ -561,7 +583,14 @@ mod tests {
         assert_eq!(rep.queued, 3);
         assert_eq!(inflight(r).unwrap().len(), 1);
         let got: Vec<_> = std::iter::from_fn(|| recv(r)).collect();
-        assert_eq!(got, vec![(7, b"y1".to_vec()), (3, b"x1".to_vec()), (3, b"x2".to_vec())]);
+        assert_eq!(
+            got,
+            vec![
+                (7, b"y1".to_vec()),
+                (3, b"x1".to_vec()),
+                (3, b"x2".to_vec())
+            ]
+        );
         // Free slots: 6 total - 1 live in flight.
         assert_eq!(r.header().nfree.load(Relaxed), 5);
     }

@@ -24,7 +24,11 @@ pub enum WaitError {
 
 /// Sleeps while `*word == expected`, until woken or `deadline` (absolute,
 /// `CLOCK_REALTIME`) passes. Spurious returns are possible.
-pub fn wait(word: &AtomicU32, expected: u32, deadline: Option<&libc::timespec>) -> Result<(), WaitError> {
+pub fn wait(
+    word: &AtomicU32,
+    expected: u32,
+    deadline: Option<&libc::timespec>,
+) -> Result<(), WaitError> {
     let ts = deadline.map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: word is a valid aligned u32 for the duration of the call (it
     // lives in a mapping the caller keeps), ts is null or a valid timespec.

@@ -39,9 +39,17 @@ pub fn init(r: &Region) -> Result<(), i32> {
     unsafe {
         check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
         let a = attr.as_mut_ptr();
-        let res = check(libc::pthread_mutexattr_setpshared(a, libc::PTHREAD_PROCESS_SHARED))
-            .and_then(|_| check(libc::pthread_mutexattr_setrobust(a, libc::PTHREAD_MUTEX_ROBUST)))
-            .and_then(|_| check(libc::pthread_mutex_init(m, a)));
+        let res = check(libc::pthread_mutexattr_setpshared(
+            a,
+            libc::PTHREAD_PROCESS_SHARED,
+        ))
+        .and_then(|_| {
+            check(libc::pthread_mutexattr_setrobust(
+                a,
+                libc::PTHREAD_MUTEX_ROBUST,
+            ))
+        })
+        .and_then(|_| check(libc::pthread_mutex_init(m, a)));
         libc::pthread_mutexattr_destroy(a);
         res
     }

@@ -73,7 +73,11 @@ pub fn create_unnamed(dir: &Path, mode: u32) -> Result<(File, Option<std::path::
     let d = cstr(dir)?;
     // SAFETY: d is a valid C string.
     let r = unsafe {
-        libc::open(d.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, mode as libc::c_uint)
+        libc::open(
+            d.as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
     };
     if r >= 0 {
         // SAFETY: fresh descriptor we own.
@@ -108,16 +112,33 @@ pub fn create_unnamed(dir: &Path, mode: u32) -> Result<(File, Option<std::path::
 
 /// Gives `file` (made by [`create_unnamed`]) the name `dir/name`. `EEXIST`
 /// when the name is taken: the file is never replaced.
-pub fn link_into_place(file: &File, tmp: Option<&Path>, dir: &Path, name: &OsStr) -> Result<(), Errno> {
+pub fn link_into_place(
+    file: &File,
+    tmp: Option<&Path>,
+    dir: &Path,
+    name: &OsStr,
+) -> Result<(), Errno> {
     let dst = cstr(&dir.join(name))?;
     let src = match tmp {
         Some(p) => cstr(p)?,
         None => CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL"),
     };
-    let flags = if tmp.is_some() { 0 } else { libc::AT_SYMLINK_FOLLOW };
+    let flags = if tmp.is_some() {
+        0
+    } else {
+        libc::AT_SYMLINK_FOLLOW
+    };
     // SAFETY: both are valid C strings.
-    cvt(unsafe { libc::linkat(libc::AT_FDCWD, src.as_ptr(), libc::AT_FDCWD, dst.as_ptr(), flags) })
-        .map(drop)
+    cvt(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
 }
 
 /// Sets the file size to `size` and reserves its pages now, so that a full
@@ -244,7 +265,10 @@ pub fn usable_cpus() -> usize {
 
 /// `CLOCK_REALTIME` now.
 pub fn realtime_now() -> libc::timespec {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is valid storage; CLOCK_REALTIME always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
     ts
@@ -267,7 +291,8 @@ pub fn queue_mesgq_signal(pid: i32, signo: i32, value: u64) -> Result<(), Errno>
         si_value: u64,
         _rest: [u8; 128 - 32],
     }
-    const _: () = assert!(std::mem::size_of::<SigInfoRt>() == std::mem::size_of::<libc::siginfo_t>());
+    const _: () =
+        assert!(std::mem::size_of::<SigInfoRt>() == std::mem::size_of::<libc::siginfo_t>());
     const SI_MESGQ: i32 = -3;
     let info = SigInfoRt {
         si_signo: signo,
@@ -282,6 +307,13 @@ pub fn queue_mesgq_signal(pid: i32, signo: i32, value: u64) -> Result<(), Errno>
     };
     // SAFETY: info is a fully initialised siginfo_t-sized buffer that the
     // kernel only reads.
-    let r = unsafe { libc::syscall(libc::SYS_rt_sigqueueinfo, pid, signo, &info as *const SigInfoRt) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigqueueinfo,
+            pid,
+            signo,
+            &info as *const SigInfoRt,
+        )
+    };
     if r == -1 { Err(Errno::last()) } else { Ok(()) }
 }

@@ -73,7 +73,10 @@ pub fn alive(pid: i32, start: u64) -> bool {
     }
     match stat(pid) {
         Some(s) => !matches!(s.state, b'Z' | b'X' | b'x') && (start == 0 || s.start == start),
-        None => std::path::Path::new("/proc/self/stat").exists().then_some(false).unwrap_or(true),
+        None => std::path::Path::new("/proc/self/stat")
+            .exists()
+            .then_some(false)
+            .unwrap_or(true),
     }
 }
 
@@ -84,7 +87,13 @@ mod tests {
     #[test]
     fn parses_odd_command_names() {
         let s = b"123 (a) b (c)) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 987654 20 21";
-        assert_eq!(parse_stat(s), Some(Stat { state: b'S', start: 987654 }));
+        assert_eq!(
+            parse_stat(s),
+            Some(Stat {
+                state: b'S',
+                start: 987654
+            })
+        );
         assert_eq!(parse_stat(b"garbage"), None);
     }
 
