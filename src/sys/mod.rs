@@ -60,8 +60,7 @@ pub fn open_existing(dir: &Path, name: &OsStr) -> Result<File, Errno> {
             path.as_ptr(),
             libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
         )
-    })
-    .map_err(|e| if e == Errno::ELOOP { Errno::EACCES } else { e })?;
+    })?;
     // SAFETY: fd is a fresh descriptor we own.
     Ok(unsafe { File::from_raw_fd(fd) })
 }
