@@ -196,9 +196,13 @@ impl Queue {
         if len < crate::layout::HEADER_SIZE {
             use std::os::unix::fs::FileExt;
             let mut magic = [0u8; 8];
-            let ours = file.read_exact_at(&mut magic, 0).is_ok() && u64::from_le_bytes(magic) == crate::layout::MAGIC;
+            let ours = file.read_exact_at(&mut magic, 0).is_ok()
+                && u64::from_le_bytes(magic) == crate::layout::MAGIC;
             return Err(if ours {
-                Error::Corrupted(format!("truncated to {len} bytes (the header alone is {})", crate::layout::HEADER_SIZE))
+                Error::Corrupted(format!(
+                    "truncated to {len} bytes (the header alone is {})",
+                    crate::layout::HEADER_SIZE
+                ))
             } else {
                 Error::NotAQueue("file is smaller than a queue header".into())
             });
@@ -914,7 +918,9 @@ pub fn open_for_inspection(name: &[u8], dir: Option<&Path>) -> Result<Queue> {
     let fname = crate::name::file_name(name)?;
     let dir = crate::name::queue_dir(dir)?;
     let file = sys::open_existing(&dir, fname).map_err(|e| match e {
-        Errno::ELOOP | Errno::ENXIO | Errno::EISDIR => Error::NotAQueue("not a regular file".into()),
+        Errno::ELOOP | Errno::ENXIO | Errno::EISDIR => {
+            Error::NotAQueue("not a regular file".into())
+        }
         e => Error::Os(e),
     })?;
     Queue::open_file(&file, dir.join(fname), name)

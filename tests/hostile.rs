@@ -15,11 +15,19 @@ fn open_err(dir: &Path, name: &str) -> std::io::Error {
 }
 
 fn shmq_err(e: &std::io::Error) -> &Error {
-    e.get_ref().and_then(|e| e.downcast_ref::<Error>()).unwrap_or_else(|| panic!("not a shmq error: {e:?}"))
+    e.get_ref()
+        .and_then(|e| e.downcast_ref::<Error>())
+        .unwrap_or_else(|| panic!("not a shmq error: {e:?}"))
 }
 
 fn make_queue(dir: &Path, name: &str) -> std::path::PathBuf {
-    let q = OpenOptions::readwrite().capacity(4).max_msg_len(64).create_new().dir(dir).open(name).unwrap();
+    let q = OpenOptions::readwrite()
+        .capacity(4)
+        .max_msg_len(64)
+        .create_new()
+        .dir(dir)
+        .open(name)
+        .unwrap();
     q.send(3, b"three").unwrap();
     q.send(9, b"nine").unwrap();
     q.path().to_path_buf()
@@ -31,7 +39,13 @@ fn not_a_queue_at_all() {
     let dir = d.path();
     std::fs::write(dir.join("text"), b"hello, I am a text file\n").unwrap();
     std::fs::write(dir.join("empty"), b"").unwrap();
-    std::fs::write(dir.join("random"), (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<_>>()).unwrap();
+    std::fs::write(
+        dir.join("random"),
+        (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
     std::fs::create_dir(dir.join("adir")).unwrap();
     std::os::unix::fs::symlink(dir.join("text"), dir.join("alink")).unwrap();
     nix::unistd::mkfifo(&dir.join("afifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
@@ -41,7 +55,10 @@ fn not_a_queue_at_all() {
         assert!(matches!(shmq_err(&e), Error::NotAQueue(_)), "{name}: {e}");
         assert_eq!(shmq_err(&e).errno(), nix::errno::Errno::EBADMSG);
         assert!(e.to_string().contains("not a shmq queue"), "{name}: {e}");
-        assert!(matches!(Inspector::open(name, Some(dir)), Err(Error::NotAQueue(_))), "{name}");
+        assert!(
+            matches!(Inspector::open(name, Some(dir)), Err(Error::NotAQueue(_))),
+            "{name}"
+        );
     }
     // `ls` hides them.
     assert!(shmq::inspect::list(Some(dir)).unwrap().is_empty());
@@ -61,14 +78,20 @@ fn truncated_and_resized_queues_are_refused() {
     let e = open_err(d.path(), "/t");
     assert!(e.to_string().contains("file size"), "{e}");
     f.set_len(100).unwrap();
-    assert!(matches!(shmq_err(&open_err(d.path(), "/t")), Error::Corrupted(_)));
+    assert!(matches!(
+        shmq_err(&open_err(d.path(), "/t")),
+        Error::Corrupted(_)
+    ));
     // Listed as damaged, not hidden.
     let l = shmq::inspect::list(Some(d.path())).unwrap();
     assert_eq!(l.len(), 1);
     assert!(matches!(l[0].info, Err(Error::Corrupted(_))));
     // Too short to carry the magic number: just a file, not listed.
     f.set_len(4).unwrap();
-    assert!(matches!(shmq_err(&open_err(d.path(), "/t")), Error::NotAQueue(_)));
+    assert!(matches!(
+        shmq_err(&open_err(d.path(), "/t")),
+        Error::NotAQueue(_)
+    ));
     assert!(shmq::inspect::list(Some(d.path())).unwrap().is_empty());
 }
 
@@ -79,11 +102,18 @@ fn another_layout_version_is_refused() {
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.write_all_at(&(2u32 << 16).to_le_bytes(), 8).unwrap();
     let e = open_err(d.path(), "/v");
-    assert_eq!(shmq_err(&e), &Error::Incompatible { found: 2 << 16, expected: 1 << 16 });
+    assert_eq!(
+        shmq_err(&e),
+        &Error::Incompatible {
+            found: 2 << 16,
+            expected: 1 << 16
+        }
+    );
     assert_eq!(shmq_err(&e).errno(), nix::errno::Errno::EPROTO);
     assert!(e.to_string().contains("version 2.0"), "{e}");
     // A newer minor version of the same major opens.
-    f.write_all_at(&((1u32 << 16) | 7).to_le_bytes(), 8).unwrap();
+    f.write_all_at(&((1u32 << 16) | 7).to_le_bytes(), 8)
+        .unwrap();
     OpenOptions::readwrite().dir(d.path()).open("/v").unwrap();
 }
 
@@ -94,14 +124,23 @@ fn header_fields_that_disagree_are_refused() {
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     // maxmsg (offset 24) no longer matches the file size.
     f.write_all_at(&1000u64.to_le_bytes(), 24).unwrap();
-    assert!(matches!(shmq_err(&open_err(d.path(), "/f")), Error::Corrupted(_)));
+    assert!(matches!(
+        shmq_err(&open_err(d.path(), "/f")),
+        Error::Corrupted(_)
+    ));
     // An absurd size that would overflow.
     f.write_all_at(&u64::MAX.to_le_bytes(), 24).unwrap();
-    assert!(matches!(shmq_err(&open_err(d.path(), "/f")), Error::Corrupted(_)));
+    assert!(matches!(
+        shmq_err(&open_err(d.path(), "/f")),
+        Error::Corrupted(_)
+    ));
     // State word neither ready nor poisoned.
     f.write_all_at(&4u64.to_le_bytes(), 24).unwrap();
     f.write_all_at(&0u32.to_le_bytes(), 12).unwrap();
-    assert!(matches!(shmq_err(&open_err(d.path(), "/f")), Error::Corrupted(_)));
+    assert!(matches!(
+        shmq_err(&open_err(d.path(), "/f")),
+        Error::Corrupted(_)
+    ));
 }
 
 #[test]
@@ -146,11 +185,15 @@ fn scribbled_lists_are_repaired_or_reported_never_followed() {
     assert_eq!(got, vec![(9, b"nine".to_vec()), (3, b"three".to_vec())]);
     q.send(1, b"after").unwrap();
     assert_eq!(q.recv(&mut buf).unwrap(), (1, 5));
-    let info = Inspector::open("/s", Some(d.path())).unwrap().info().unwrap();
+    let info = Inspector::open("/s", Some(d.path()))
+        .unwrap()
+        .info()
+        .unwrap();
     assert_ne!(info.health, Health::Ok);
     // Now scribble over the slots themselves (states, lengths, priorities).
     let len = std::fs::metadata(&path).unwrap().len() as usize;
-    f.write_all_at(&junk(len - header_size), header_size as u64).unwrap();
+    f.write_all_at(&junk(len - header_size), header_size as u64)
+        .unwrap();
     for _ in 0..10 {
         match q.recv(&mut buf) {
             Ok((p, n)) => assert!(p < 32768 && n <= 64),
@@ -158,8 +201,15 @@ fn scribbled_lists_are_repaired_or_reported_never_followed() {
             Err(e) => assert!(matches!(shmq_err(&e), Error::Corrupted(_)), "{e}"),
         }
     }
-    let info = Inspector::open("/s", Some(d.path())).unwrap().info().unwrap();
-    assert!(matches!(info.health, Health::Corrupted { .. }), "{:?}", info.health);
+    let info = Inspector::open("/s", Some(d.path()))
+        .unwrap()
+        .info()
+        .unwrap();
+    assert!(
+        matches!(info.health, Health::Corrupted { .. }),
+        "{:?}",
+        info.health
+    );
     // The queue is usable again afterwards.
     q.send(2, b"fresh").unwrap();
     let (p, n) = q.recv(&mut buf).unwrap();
@@ -173,14 +223,23 @@ fn golden_v1_file_still_opens() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/queue-v1.0.bin");
     let d = TestDir::new("golden");
     if std::env::var_os("SHMQ_REGEN_FIXTURES").is_some() {
-        let q = OpenOptions::readwrite().capacity(3).max_msg_len(32).create_new().dir(d.path()).open("/golden").unwrap();
+        let q = OpenOptions::readwrite()
+            .capacity(3)
+            .max_msg_len(32)
+            .create_new()
+            .dir(d.path())
+            .open("/golden")
+            .unwrap();
         q.send(1, b"one").unwrap();
         q.send(32767, b"top").unwrap();
         q.send(1, b"one again").unwrap();
         std::fs::copy(q.path(), &fixture).unwrap();
     }
     std::fs::copy(&fixture, d.path().join("golden")).unwrap();
-    let q = OpenOptions::readwrite().dir(d.path()).open("/golden").unwrap();
+    let q = OpenOptions::readwrite()
+        .dir(d.path())
+        .open("/golden")
+        .unwrap();
     let a = q.attributes().unwrap();
     assert_eq!((a.capacity, a.max_msg_len, a.current_messages), (3, 32, 3));
     let mut buf = [0u8; 32];
@@ -189,5 +248,12 @@ fn golden_v1_file_still_opens() {
     while let Ok((p, n)) = q.recv(&mut buf) {
         got.push((p, String::from_utf8_lossy(&buf[..n]).into_owned()));
     }
-    assert_eq!(got, [(32767, "top".into()), (1, "one".into()), (1, "one again".into())]);
+    assert_eq!(
+        got,
+        [
+            (32767, "top".into()),
+            (1, "one".into()),
+            (1, "one again".into())
+        ]
+    );
 }
