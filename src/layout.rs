@@ -601,11 +601,6 @@ impl HeapBuf {
         self.layout.size()
     }
 
-    /// Whether the buffer is empty (never: it has at least one byte).
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     /// The buffer's bytes.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: ptr is valid for len bytes and exclusively borrowed.
@@ -648,7 +643,6 @@ mod tests {
         // SAFETY: fresh zeroed private buffer of the right size.
         let r = unsafe { Region::format(buf.as_ptr(), buf.len(), g, 0o640) };
         r.header().state.store(STATE_READY, Relaxed);
-        drop(r);
         // SAFETY: as above.
         let r = unsafe { Region::open(buf.as_ptr(), buf.len()) }.unwrap();
         assert_eq!(r.geometry(), g);
@@ -670,7 +664,6 @@ mod tests {
         let r = unsafe { Region::format(buf.as_ptr(), buf.len(), g, 0o600) };
         r.header().state.store(STATE_READY, Relaxed);
         r.header().version.store(2 << 16, Relaxed);
-        drop(r);
         // SAFETY: as above.
         let e = unsafe { Region::open(buf.as_ptr(), buf.len()) }
             .err()

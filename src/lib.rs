@@ -52,3 +52,8 @@ pub use posix::{
     Attributes, IntoIter, Iter, Notify, OpenOptions, PosixMq, remove_queue, remove_queue_c,
     remove_queue_in,
 };
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -248,6 +248,7 @@ pub enum Notify {
 /// Information about the capacities and state of a message queue, from
 /// [`PosixMq::attributes`].
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Attributes {
     /// The maximum size of messages that can be stored in the queue.
     pub max_msg_len: usize,
@@ -257,7 +258,6 @@ pub struct Attributes {
     pub current_messages: usize,
     /// Whether the descriptor was in nonblocking mode.
     pub nonblocking: bool,
-    _private: (),
 }
 
 impl Debug for Attributes {
@@ -300,7 +300,7 @@ pub(crate) fn deadline_to_realtime(deadline: SystemTime) -> Result<libc::timespe
 fn timeout_to_realtime(timeout: Duration) -> Result<libc::timespec, io::Error> {
     let now = deadline_to_realtime(SystemTime::now())
         .map_err(|_| io::Error::other("system time is not representable"))?;
-    let nsec = now.tv_nsec as i64 + i64::from(timeout.subsec_nanos());
+    let nsec = now.tv_nsec + i64::from(timeout.subsec_nanos());
     i64::try_from(timeout.as_secs())
         .ok()
         .and_then(|s| now.tv_sec.checked_add(s))
@@ -447,7 +447,6 @@ impl PosixMq {
             capacity: a.maxmsg as usize,
             current_messages: a.curmsgs as usize,
             nonblocking: a.flags != 0,
-            _private: (),
         })
     }
 

@@ -86,7 +86,7 @@ pub fn alloc(r: &Region) -> QResult<Option<u32>> {
         return Err(Corrupt("free list holds a busy slot"));
     }
     let next = s.next.load(Relaxed);
-    if next != NIL && next - 1 >= r.geometry().maxmsg {
+    if next != NIL && next > r.geometry().maxmsg {
         return Err(Corrupt("free list link out of range"));
     }
     h.free_head.store(next, Relaxed);

@@ -4,7 +4,6 @@ mod common;
 
 use common::{TestDir, child, child_dir, eventually, role, wait_ok};
 use nix::errno::Errno;
-use nix::mqueue::{MQ_OFlag, MqAttr};
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeSpec;
 use shmq::inspect::Inspector;

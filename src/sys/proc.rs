@@ -73,10 +73,9 @@ pub fn alive(pid: i32, start: u64) -> bool {
     }
     match stat(pid) {
         Some(s) => !matches!(s.state, b'Z' | b'X' | b'x') && (start == 0 || s.start == start),
-        None => std::path::Path::new("/proc/self/stat")
-            .exists()
-            .then_some(false)
-            .unwrap_or(true),
+        // No stat for a pid that kill() says exists: it exited meanwhile,
+        // unless /proc is not there at all.
+        None => !std::path::Path::new("/proc/self/stat").exists(),
     }
 }
 
