@@ -89,6 +89,55 @@ fn main() {
     println!("  shmq        {s:>9.1} ns");
     println!("  kernel mq   {k:>9.1} ns");
     println!("  ratio       {:>9.1}x faster", k / s);
+    // Cost against depth and priority spread: the same pair on a queue that
+    // already holds many messages, of one or of all priorities.
+    let per = |mq: &shmq::PosixMq, prio: u32| {
+        let mut buf = [0u8; 64];
+        let mut v = Vec::new();
+        for _ in 0..reps {
+            let t = Instant::now();
+            for _ in 0..shmq_iters {
+                mq.send(prio, black_box(&MSG)).unwrap();
+                black_box(mq.recv(&mut buf).unwrap());
+            }
+            v.push(t.elapsed().as_nanos() as f64 / shmq_iters as f64);
+        }
+        median(v)
+    };
+    let deep = shmq::OpenOptions::readwrite()
+        .capacity(100_001)
+        .max_msg_len(64)
+        .create_new()
+        .dir(&dir)
+        .open("/bench-deep")
+        .unwrap();
+    for _ in 0..100_000 {
+        deep.send(1, &MSG).unwrap();
+    }
+    let spread = shmq::OpenOptions::readwrite()
+        .capacity(32_769)
+        .max_msg_len(64)
+        .create_new()
+        .dir(&dir)
+        .open("/bench-spread")
+        .unwrap();
+    for p in 0..32_768 {
+        spread.send(p, &MSG).unwrap();
+    }
+    let shallow = per(&mq, 1);
+    let d = per(&deep, 1);
+    let sp = per(&spread, 16_384);
+    println!("cost against depth and priorities (shmq pair, median of {reps}):");
+    println!("  empty queue                 {shallow:>9.1} ns");
+    println!(
+        "  100,000 queued, FIFO        {d:>9.1} ns   {:.2}x",
+        d / shallow
+    );
+    println!(
+        "  32,768 priorities in use    {sp:>9.1} ns   {:.2}x",
+        sp / shallow
+    );
+    drop((deep, spread));
     // SAFETY: closing and unlinking what we opened.
     unsafe {
         libc::mq_close(mqd);

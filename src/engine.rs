@@ -254,6 +254,7 @@ impl Queue {
     }
 
     /// Takes the queue lock, repairing the queue if its last owner died.
+    #[inline]
     pub fn lock(&self) -> Result<Guard<'_>> {
         let r = self.region();
         match mutex::lock(r) {
@@ -299,10 +300,16 @@ impl Queue {
 
     /// Wakes one sleeper on `side` if any; called after the lock is dropped
     /// with the result of [`Guard::prepare_wake`].
+    #[inline]
     fn wake(&self, side: Side, needed: bool) {
         if !needed {
             return;
         }
+        self.wake_one(side);
+    }
+
+    #[cold]
+    fn wake_one(&self, side: Side) {
         if futex::wake(side.word(self.region()), 1) == 0 {
             // Nobody was asleep although the count said so: a sleeper may
             // have died. After a few of these, recount from the table.
@@ -407,6 +414,7 @@ impl Guard<'_> {
 
     /// If someone sleeps on `side`, bumps its futex word (under the lock) and
     /// returns true: the caller wakes one after unlocking.
+    #[inline]
     fn prepare_wake(&self, side: Side) -> bool {
         let r = self.q.region();
         if side.counters(r).1.load(Relaxed) == 0 {
@@ -452,10 +460,16 @@ impl Waiting {
 
     /// Unregisters; if the caller leaves without taking what a wake-up
     /// promised, passes the wake-up on to another sleeper.
+    #[inline]
     fn leave(&mut self, g: &Guard<'_>, side: Side, gave_up: bool) {
         if !self.registered {
             return;
         }
+        self.unregister(g, side, gave_up);
+    }
+
+    #[cold]
+    fn unregister(&mut self, g: &Guard<'_>, side: Side, gave_up: bool) {
         self.registered = false;
         let r = g.q.region();
         if let Some(w) = self.entry(r) {

@@ -69,11 +69,13 @@ pub struct Corrupt(pub &'static str);
 /// Result of the queue algorithm.
 pub type QResult<T> = Result<T, Corrupt>;
 
+#[inline]
 fn slot(r: &Region, idx: u32) -> QResult<&SlotHeader> {
     r.slot(idx).ok_or(Corrupt("slot index out of range"))
 }
 
 /// Takes a slot off the free list; `None` when there is none.
+#[inline]
 pub fn alloc(r: &Region) -> QResult<Option<u32>> {
     let h = r.header();
     let head = h.free_head.load(Relaxed);
@@ -95,6 +97,7 @@ pub fn alloc(r: &Region) -> QResult<Option<u32>> {
 }
 
 /// Puts slot `idx` back on the free list and marks it free.
+#[inline]
 pub fn release(r: &Region, idx: u32) -> QResult<()> {
     let h = r.header();
     let s = slot(r, idx)?;
@@ -105,12 +108,14 @@ pub fn release(r: &Region, idx: u32) -> QResult<()> {
     Ok(())
 }
 
+#[inline]
 fn bitmap_set(h: &Header, prio: usize) {
     h.bitmap_leaf[prio / 64].or(1 << (prio % 64));
     h.bitmap_mid[prio / 4096].or(1 << ((prio / 64) % 64));
     h.bitmap_top.or(1 << (prio / 4096));
 }
 
+#[inline]
 fn bitmap_clear(h: &Header, prio: usize) {
     if h.bitmap_leaf[prio / 64].and(!(1 << (prio % 64))) == 0
         && h.bitmap_mid[prio / 4096].and(!(1 << ((prio / 64) % 64))) == 0
@@ -120,6 +125,7 @@ fn bitmap_clear(h: &Header, prio: usize) {
 }
 
 /// The highest priority that has messages, or `None` when the queue is empty.
+#[inline]
 pub fn highest(r: &Region) -> QResult<Option<u32>> {
     let h = r.header();
     let top = h.bitmap_top.load(Relaxed);
@@ -145,6 +151,7 @@ pub fn highest(r: &Region) -> QResult<Option<u32>> {
 
 /// Appends the message in slot `idx` (payload already written) at the tail of
 /// priority `prio` and counts it. The slot's state becomes `QUEUED`.
+#[inline]
 pub fn enqueue(r: &Region, idx: u32, prio: u32, len: usize) -> QResult<()> {
     let h = r.header();
     let p = prio as usize;
@@ -175,6 +182,7 @@ pub fn enqueue(r: &Region, idx: u32, prio: u32, len: usize) -> QResult<()> {
 }
 
 /// Head of the highest non-empty priority: `(slot, prio, len)`, not removed.
+#[inline]
 pub fn front(r: &Region) -> QResult<Option<(u32, u32, usize)>> {
     let Some(prio) = highest(r)? else {
         return Ok(None);
@@ -199,6 +207,7 @@ pub fn front(r: &Region) -> QResult<Option<(u32, u32, usize)>> {
 
 /// Unlinks `idx`, which [`front`] just returned for `prio`, and uncounts it.
 /// The slot's state is left for the caller to set.
+#[inline]
 pub fn unlink_front(r: &Region, idx: u32, prio: u32) -> QResult<()> {
     let h = r.header();
     let tail_word = &h.tails[prio as usize];
@@ -217,6 +226,8 @@ pub fn unlink_front(r: &Region, idx: u32, prio: u32) -> QResult<()> {
         let next = slot(r, idx)?.next.load(Relaxed);
         slot(r, next)?;
         t.next.store(next, Relaxed);
+        // The new head is what the next receive reads: start fetching it.
+        r.prefetch(next);
     }
     h.curmsgs.sub(1);
     Ok(())
