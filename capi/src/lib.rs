@@ -1,0 +1,489 @@
+//! The C API of shmq: `shmq_open`, `shmq_send`, … with the exact signatures
+//! and errno behaviour of `mq_open`, `mq_send`, …, using the system's `mqd_t`,
+//! `struct mq_attr`, `struct sigevent` and `struct timespec`.
+//!
+//! # Descriptors
+//! A descriptor is an `int`: the file descriptor of the queue file, opened
+//! close-on-exec, which this library owns. It is inherited across `fork`
+//! (the child's descriptor works and shares `O_NONBLOCK` with the parent's)
+//! and closed by `exec`. Anything that is not an open shmq descriptor (-1,
+//! a closed one, an ordinary file descriptor, any other number) gives
+//! `EBADF`; [`shmq_close`] never closes a file descriptor it does not own.
+//! Do not `close(2)` a shmq descriptor: use `shmq_close`.
+//!
+//! # Errors
+//! Every function returns -1 (or `(mqd_t)-1`) and sets `errno` on failure,
+//! as the `mq_*` functions do. A blocked call interrupted by a signal
+//! handler fails with `EINTR` (unless the handler was installed with
+//! `SA_RESTART`). No panic crosses the boundary: an internal panic becomes
+//! -1 with `errno = EIO`.
+#![allow(unsafe_code)]
+#![allow(non_camel_case_types)]
+
+use libc::{c_char, c_int, c_uint, mq_attr, mqd_t, sigevent, size_t, ssize_t, timespec};
+use nix::errno::Errno;
+use nix::mqueue::{MQ_OFlag, MqAttr};
+use nix::sys::stat::Mode;
+use nix::sys::time::TimeSpec;
+use shmq::mqueue::{self, MqdT};
+use std::cell::UnsafeCell;
+use std::ffi::CStr;
+use std::os::fd::AsRawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Once};
+
+/// The table of open descriptors, indexed by file descriptor number.
+///
+/// Guarded by a `pthread_rwlock_t` rather than std's lock so that `fork`
+/// handlers can hold it across a fork: a child never inherits it locked.
+struct Table {
+    lock: UnsafeCell<libc::pthread_rwlock_t>,
+    slots: UnsafeCell<Vec<Option<Arc<MqdT>>>>,
+}
+
+// SAFETY: `slots` is only touched with `lock` held (shared for reads,
+// exclusive for writes); the rwlock itself is made for sharing.
+unsafe impl Sync for Table {}
+
+static TABLE: Table = Table {
+    lock: UnsafeCell::new(libc::PTHREAD_RWLOCK_INITIALIZER),
+    slots: UnsafeCell::new(Vec::new()),
+};
+static ATFORK: Once = Once::new();
+
+extern "C" fn fork_prepare() {
+    // SAFETY: the static rwlock is initialised; taking it for writing makes
+    // sure no other thread holds it while the process is copied.
+    unsafe { libc::pthread_rwlock_wrlock(TABLE.lock.get()) };
+}
+
+extern "C" fn fork_release() {
+    // SAFETY: fork_prepare took the lock in this thread (parent), or in the
+    // thread the child is a copy of.
+    unsafe { libc::pthread_rwlock_unlock(TABLE.lock.get()) };
+}
+
+fn register_atfork() {
+    ATFORK.call_once(|| {
+        // SAFETY: the handlers only lock and unlock the table's rwlock.
+        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release)) };
+    });
+}
+
+/// The descriptor for `fd`, if it is an open shmq descriptor.
+fn lookup(fd: mqd_t) -> Result<Arc<MqdT>, Errno> {
+    let idx = usize::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: shared lock around a read of the table.
+    unsafe {
+        libc::pthread_rwlock_rdlock(TABLE.lock.get());
+        let slots = &*TABLE.slots.get();
+        let found = slots.get(idx).and_then(Option::clone);
+        libc::pthread_rwlock_unlock(TABLE.lock.get());
+        found.ok_or(Errno::EBADF)
+    }
+}
+
+fn with_table_mut<T>(f: impl FnOnce(&mut Vec<Option<Arc<MqdT>>>) -> T) -> T {
+    // SAFETY: exclusive lock around a write of the table; `f` cannot unwind
+    // into C and does not call back into the table.
+    unsafe {
+        libc::pthread_rwlock_wrlock(TABLE.lock.get());
+        let out = f(&mut *TABLE.slots.get());
+        libc::pthread_rwlock_unlock(TABLE.lock.get());
+        out
+    }
+}
+
+fn insert(mq: MqdT) -> mqd_t {
+    register_atfork();
+    let fd = mq.as_raw_fd();
+    with_table_mut(|t| {
+        let idx = fd as usize;
+        if t.len() <= idx {
+            t.resize(idx + 1, None);
+        }
+        t[idx] = Some(Arc::new(mq));
+    });
+    fd
+}
+
+/// Runs `f` behind the panic boundary; failures set errno and return `err`.
+fn ffi<T>(err: T, f: impl FnOnce() -> Result<T, Errno>) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            Errno::set_raw(e as i32);
+            err
+        }
+        Err(_) => {
+            Errno::set_raw(libc::EIO);
+            err
+        }
+    }
+}
+
+fn name_arg<'a>(name: *const c_char) -> Result<&'a CStr, Errno> {
+    if name.is_null() {
+        return Err(Errno::EFAULT);
+    }
+    // SAFETY: the caller passes a NUL-terminated string (the mq_* contract).
+    Ok(unsafe { CStr::from_ptr(name) })
+}
+
+fn timespec_arg(ts: *const timespec) -> Result<TimeSpec, Errno> {
+    if ts.is_null() {
+        return Err(Errno::EFAULT);
+    }
+    // SAFETY: non-null; the caller passes a valid timespec (mq_* contract).
+    Ok(TimeSpec::from(unsafe { *ts }))
+}
+
+/// `mq_open` with its optional arguments made explicit: `mode` and `attr`
+/// are read only when `oflag` has `O_CREAT`, exactly as the variadic
+/// [`shmq_open`] would read them. For callers that cannot call a variadic
+/// function.
+///
+/// # Safety
+/// `name` is a NUL-terminated string; `attr`, when `O_CREAT` is set, is NULL
+/// or points to a `struct mq_attr`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmq_open4(
+    name: *const c_char,
+    oflag: c_int,
+    mode: libc::mode_t,
+    attr: *const mq_attr,
+) -> mqd_t {
+    ffi(-1, || {
+        let name = name_arg(name)?;
+        let creating = oflag & libc::O_CREAT != 0;
+        let attr = if creating && !attr.is_null() {
+            // SAFETY: non-null and, with O_CREAT, a valid mq_attr (contract).
+            let a = unsafe { &*attr };
+            Some(MqAttr::new(0, a.mq_maxmsg, a.mq_msgsize, 0))
+        } else {
+            None
+        };
+        let mode = if creating {
+            Mode::from_bits_truncate(mode)
+        } else {
+            Mode::empty()
+        };
+        let flags = MQ_OFlag::from_bits_retain(oflag);
+        mqueue::mq_open(name, flags, mode, attr.as_ref()).map(insert)
+    })
+}
+
+// `mq_open` is variadic. Stable Rust cannot define a variadic function, and
+// a C definition linked into a Rust cdylib is not exported. So the variadic
+// entry point is a trampoline into `shmq_open4`: by the x86-64 System V ABI
+// (§3.5.7) and AAPCS64 (as used on Linux), variadic integer and pointer
+// arguments are passed in the same registers as named ones, in order, so
+// `name, oflag, mode, attr` arrive in the argument registers of a
+// four-argument call whether the caller declared them variadic or not.
+// `shmq_open4` reads `mode` and `attr` only when `O_CREAT` is set, that is,
+// only when the caller actually passed them.
+#[cfg(not(any(
+    all(target_os = "linux", target_arch = "x86_64"),
+    all(target_os = "linux", target_arch = "aarch64")
+)))]
+compile_error!("shmq_open's variadic trampoline is written for x86-64 and AArch64 Linux");
+
+/// `mq_open(name, oflag, ... /* mode_t mode, struct mq_attr *attr */)`.
+///
+/// # Safety
+/// As `mq_open`: `name` is a NUL-terminated string; with `O_CREAT`, a mode
+/// and a pointer to a `struct mq_attr` (or NULL) follow.
+#[unsafe(no_mangle)]
+#[unsafe(naked)]
+pub unsafe extern "C" fn shmq_open() {
+    #[cfg(target_arch = "x86_64")]
+    std::arch::naked_asm!("jmp {}", sym shmq_open4);
+    #[cfg(target_arch = "aarch64")]
+    std::arch::naked_asm!("b {}", sym shmq_open4);
+}
+
+/// `mq_close(mqdes)`. Removes this process's notification registration on
+/// the queue, if any.
+#[unsafe(no_mangle)]
+pub extern "C" fn shmq_close(mqdes: mqd_t) -> c_int {
+    ffi(-1, || {
+        let idx = usize::try_from(mqdes).map_err(|_| Errno::EBADF)?;
+        let mq = with_table_mut(|t| t.get_mut(idx).and_then(Option::take)).ok_or(Errno::EBADF)?;
+        // The file descriptor closes when the last user of the entry is done.
+        drop(mq);
+        Ok(0)
+    })
+}
+
+/// `mq_unlink(name)`.
+///
+/// # Safety
+/// `name` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmq_unlink(name: *const c_char) -> c_int {
+    ffi(-1, || mqueue::mq_unlink(name_arg(name)?).map(|()| 0))
+}
+
+fn write_attr(out: *mut mq_attr, a: &MqAttr) {
+    // SAFETY: callers check `out` is non-null; the caller of the C function
+    // passes a valid mq_attr.
+    unsafe {
+        (*out).mq_flags = a.flags();
+        (*out).mq_maxmsg = a.maxmsg();
+        (*out).mq_msgsize = a.msgsize();
+        (*out).mq_curmsgs = a.curmsgs();
+    }
+}
+
+/// `mq_getattr(mqdes, attr)`.
+///
+/// # Safety
+/// `attr` points to a `struct mq_attr`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmq_getattr(mqdes: mqd_t, attr: *mut mq_attr) -> c_int {
+    ffi(-1, || {
+        let mq = lookup(mqdes)?;
+        if attr.is_null() {
+            return Err(Errno::EFAULT);
+        }
+        write_attr(attr, &mqueue::mq_getattr(&mq)?);
+        Ok(0)
+    })
+}
+
+/// `mq_setattr(mqdes, newattr, oldattr)`: only `O_NONBLOCK` in
+/// `newattr->mq_flags` changes anything (`EINVAL` for other bits); the old
+/// attributes go to `oldattr` if it is not NULL. A NULL `newattr` only
+/// reads.
+///
+/// # Safety
+/// `newattr` and `oldattr` are NULL or point to `struct mq_attr`s.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmq_setattr(
+    mqdes: mqd_t,
+    newattr: *const mq_attr,
+    oldattr: *mut mq_attr,
+) -> c_int {
+    ffi(-1, || {
+        let mq = lookup(mqdes)?;
+        let old = if newattr.is_null() {
+            mqueue::mq_getattr(&mq)?
+        } else {
+            // SAFETY: non-null, valid per the contract.
+            let flags = unsafe { (*newattr).mq_flags };
+            mqueue::mq_setattr(&mq, &MqAttr::new(flags, 0, 0, 0))?
+        };
+        if !oldattr.is_null() {
+            write_attr(oldattr, &old);
+        }
+        Ok(0)
+    })
+}
+
+/// `mq_send(mqdes, msg, len, prio)`.
+///
+/// # Safety
+/// `msg` points to `len` readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmq_send(
+    mqdes: mqd_t,
+    msg: *const c_char,
+    len: size_t,
+    prio: c_uint,
+) -> c_int {
+    ffi(-1, || {
+        let mq = lookup(mqdes)?;
+        // SAFETY: per the contract (and an empty slice for len 0).
+        let msg = unsafe { bytes(msg, len)? };
+        mqueue::mq_send(&mq, msg, prio).map(|()| 0)
+    })
+}
+
+/// `mq_timedsend(mqdes, msg, len, prio, abs_timeout)`: `abs_timeout` is an
+/// absolute `CLOCK_REALTIME` time.
+///
+/// # Safety
+/// `msg` points to `len` readable bytes; `abs_timeout` to a `timespec`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmq_timedsend(
+    mqdes: mqd_t,
+    msg: *const c_char,
+    len: size_t,
+    prio: c_uint,
+    abs_timeout: *const timespec,
+) -> c_int {
+    ffi(-1, || {
+        let mq = lookup(mqdes)?;
+        let ts = timespec_arg(abs_timeout)?;
+        // SAFETY: per the contract.
+        let msg = unsafe { bytes(msg, len)? };
+        mqueue::mq_timedsend(&mq, msg, prio, &ts).map(|()| 0)
+    })
+}
+
+/// `mq_receive(mqdes, msg, len, prio)`: returns the message's length.
+///
+/// # Safety
+/// `msg` points to `len` writable bytes; `prio` is NULL or points to an
+/// `unsigned int`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmq_receive(
+    mqdes: mqd_t,
+    msg: *mut c_char,
+    len: size_t,
+    prio: *mut c_uint,
+) -> ssize_t {
+    ffi(-1, || {
+        let mq = lookup(mqdes)?;
+        // SAFETY: per the contract.
+        let buf = unsafe { bytes_mut(msg, len)? };
+        let mut p = 0;
+        let n = mqueue::mq_receive(&mq, buf, &mut p)?;
+        store_prio(prio, p);
+        Ok(n as ssize_t)
+    })
+}
+
+/// `mq_timedreceive(mqdes, msg, len, prio, abs_timeout)`.
+///
+/// # Safety
+/// As [`shmq_receive`]; `abs_timeout` points to a `timespec`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmq_timedreceive(
+    mqdes: mqd_t,
+    msg: *mut c_char,
+    len: size_t,
+    prio: *mut c_uint,
+    abs_timeout: *const timespec,
+) -> ssize_t {
+    ffi(-1, || {
+        let mq = lookup(mqdes)?;
+        let ts = timespec_arg(abs_timeout)?;
+        // SAFETY: per the contract.
+        let buf = unsafe { bytes_mut(msg, len)? };
+        let mut p = 0;
+        let n = mqueue::mq_timedreceive(&mq, buf, &mut p, &ts)?;
+        store_prio(prio, p);
+        Ok(n as ssize_t)
+    })
+}
+
+fn store_prio(prio: *mut c_uint, p: u32) {
+    if !prio.is_null() {
+        // SAFETY: non-null, valid per the contract.
+        unsafe { *prio = p };
+    }
+}
+
+/// # Safety
+/// `p` is valid for `len` reads (when non-null).
+unsafe fn bytes<'a>(p: *const c_char, len: size_t) -> Result<&'a [u8], Errno> {
+    match (p.is_null(), len) {
+        (_, 0) => Ok(&[]),
+        (true, _) => Err(Errno::EFAULT),
+        // SAFETY: caller's contract.
+        (false, _) => Ok(unsafe { std::slice::from_raw_parts(p.cast(), len) }),
+    }
+}
+
+/// # Safety
+/// `p` is valid for `len` writes (when non-null).
+unsafe fn bytes_mut<'a>(p: *mut c_char, len: size_t) -> Result<&'a mut [u8], Errno> {
+    match (p.is_null(), len) {
+        (_, 0) => Ok(&mut []),
+        (true, _) => Err(Errno::EFAULT),
+        // SAFETY: caller's contract.
+        (false, _) => Ok(unsafe { std::slice::from_raw_parts_mut(p.cast(), len) }),
+    }
+}
+
+/// What a `SIGEV_THREAD` notification needs from the `sigevent`.
+struct ThreadNotify {
+    function: extern "C" fn(libc::sigval),
+    value: usize,
+    stack_size: Option<size_t>,
+}
+
+/// glibc's `struct sigevent`: the `_sigev_thread` member of the union.
+#[repr(C)]
+struct SigEventThread {
+    sigev_value: usize,
+    sigev_signo: c_int,
+    sigev_notify: c_int,
+    function: Option<extern "C" fn(libc::sigval)>,
+    attributes: *const libc::pthread_attr_t,
+}
+const _: () = assert!(std::mem::size_of::<SigEventThread>() <= std::mem::size_of::<sigevent>());
+
+impl ThreadNotify {
+    fn start(self) {
+        extern "C" fn run(arg: *mut libc::c_void) -> *mut libc::c_void {
+            // SAFETY: `arg` is the Box leaked in `start`, used once.
+            let t = unsafe { Box::from_raw(arg.cast::<ThreadNotify>()) };
+            (t.function)(libc::sigval {
+                sival_ptr: t.value as *mut libc::c_void,
+            });
+            std::ptr::null_mut()
+        }
+        let stack = self.stack_size;
+        let arg = Box::into_raw(Box::new(self));
+        // SAFETY: attr is initialised before use and destroyed after;
+        // pthread_create gets a valid start routine and argument.
+        unsafe {
+            let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+            libc::pthread_attr_init(attr.as_mut_ptr());
+            libc::pthread_attr_setdetachstate(attr.as_mut_ptr(), libc::PTHREAD_CREATE_DETACHED);
+            if let Some(s) = stack {
+                libc::pthread_attr_setstacksize(attr.as_mut_ptr(), s);
+            }
+            let mut tid = std::mem::MaybeUninit::<libc::pthread_t>::uninit();
+            if libc::pthread_create(tid.as_mut_ptr(), attr.as_ptr(), run, arg.cast()) != 0 {
+                drop(Box::from_raw(arg));
+            }
+            libc::pthread_attr_destroy(attr.as_mut_ptr());
+        }
+    }
+}
+
+/// `mq_notify(mqdes, sevp)`: `SIGEV_NONE`, `SIGEV_SIGNAL` (with `si_code ==
+/// SI_MESGQ`) and `SIGEV_THREAD` (the function runs in a new detached
+/// thread; of the thread attributes, the stack size is honoured); NULL
+/// removes this process's registration.
+///
+/// # Safety
+/// `sevp` is NULL or points to a `struct sigevent`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmq_notify(mqdes: mqd_t, sevp: *const sigevent) -> c_int {
+    ffi(-1, || {
+        let mq = lookup(mqdes)?;
+        if sevp.is_null() {
+            return mqueue::mq_notify(&mq, None).map(|()| 0);
+        }
+        // SAFETY: non-null, a valid sigevent per the contract.
+        let ev = unsafe { &*sevp };
+        match ev.sigev_notify {
+            libc::SIGEV_NONE | libc::SIGEV_SIGNAL => {
+                let how = nix::sys::signal::SigEvent::from(ev);
+                mqueue::mq_notify(&mq, Some(&how)).map(|()| 0)
+            }
+            libc::SIGEV_THREAD => {
+                // SAFETY: glibc's sigevent holds _sigev_thread at this layout.
+                let t = unsafe { &*sevp.cast::<SigEventThread>() };
+                let function = t.function.ok_or(Errno::EINVAL)?;
+                let stack_size = (!t.attributes.is_null()).then(|| {
+                    let mut s: size_t = 0;
+                    // SAFETY: the caller passes initialised attributes.
+                    unsafe { libc::pthread_attr_getstacksize(t.attributes, &mut s) };
+                    s
+                });
+                let notify = ThreadNotify {
+                    function,
+                    value: t.sigev_value,
+                    stack_size,
+                };
+                mqueue::mq_notify_deliver(&mq, Box::new(move || notify.start())).map(|()| 0)
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    })
+}
