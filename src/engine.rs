@@ -257,7 +257,12 @@ impl Queue {
     #[inline]
     pub fn lock(&self) -> Result<Guard<'_>> {
         let r = self.region();
-        match mutex::lock(r) {
+        let acquired = if self.can_spin {
+            mutex::lock_spinning(r)
+        } else {
+            mutex::lock(r)
+        };
+        match acquired {
             Ok(Acquired::Clean) => Ok(Guard { q: self }),
             Ok(Acquired::OwnerDied) => {
                 queue::rebuild(r, &mut proc::alive);
@@ -272,7 +277,7 @@ impl Queue {
     /// Returns whether anything was repaired.
     pub fn reap_inflight(&self, _g: &Guard<'_>) -> bool {
         let r = self.region();
-        if r.header().ninflight.load(Relaxed) == 0 {
+        if r.header().lock.ninflight.load(Relaxed) == 0 {
             return false;
         }
         let dead = match queue::inflight(r) {
@@ -370,8 +375,8 @@ impl Side {
     fn ready(self, r: &Region) -> bool {
         let h = r.header();
         match self {
-            Side::Recv => h.curmsgs.load(Relaxed) > 0,
-            Side::Send => h.nfree.load(Relaxed) > 0,
+            Side::Recv => h.lock.curmsgs.load(Relaxed) > 0,
+            Side::Send => h.lock.nfree.load(Relaxed) > 0,
         }
     }
 
@@ -515,7 +520,8 @@ impl Queue {
         }
         side.counters(r).1.add(1);
         // Poll for dead copiers while slots are in flight.
-        let poll = (r.header().ninflight.load(Relaxed) > 0).then(|| realtime_after(INFLIGHT_POLL));
+        let poll =
+            (r.header().lock.ninflight.load(Relaxed) > 0).then(|| realtime_after(INFLIGHT_POLL));
         let until = match &poll {
             Some(p) => Some(earlier(deadline, p)),
             None => deadline,
@@ -562,7 +568,7 @@ impl Description {
         let q = &self.queue;
         let g = q.lock()?;
         q.reap_inflight(&g);
-        let curmsgs = q.region().header().curmsgs.load(Relaxed);
+        let curmsgs = q.region().header().lock.curmsgs.load(Relaxed);
         drop(g);
         Ok(Attr {
             flags: if self.nonblocking() {
@@ -620,7 +626,7 @@ impl Description {
             }
         };
         w.leave(&g, Side::Send, false);
-        let was_empty = h.curmsgs.load(Relaxed) == 0;
+        let was_empty = h.lock.curmsgs.load(Relaxed) == 0;
         if msg.len() <= INLINE_MAX {
             r.write_payload(idx, msg);
         } else {
@@ -638,7 +644,7 @@ impl Description {
             q.repair(&g, c, &mut attempts)?;
             return Err(Error::Corrupted(c.0.into()));
         }
-        h.total_sent.add(1);
+        h.sent.b.add(1);
         let wake = g.prepare_wake(Side::Recv);
         let notify = if was_empty {
             crate::notify::should_fire(&g, q)
@@ -720,7 +726,7 @@ impl Description {
             }
             queue::release(r, idx).map_err(|c| Error::Corrupted(c.0.into()))?;
         }
-        h.total_received.add(1);
+        h.received.a.add(1);
         let wake = g.prepare_wake(Side::Send);
         drop(g);
         q.wake(Side::Send, wake);

@@ -196,17 +196,17 @@ impl Inspector {
             ),
             capacity: u64::from(q.geometry().maxmsg),
             max_msg_len: q.geometry().msgsize as u64,
-            current_messages: h.curmsgs.load(Relaxed),
+            current_messages: h.lock.curmsgs.load(Relaxed),
             mode: h.mode.load(Relaxed),
             uid: q.file_info().uid,
             gid: q.file_info().gid,
             per_priority,
             blocked_receivers: h.waiting_recv.load(Relaxed),
             blocked_senders: h.waiting_send.load(Relaxed),
-            in_flight: h.ninflight.load(Relaxed),
+            in_flight: h.lock.ninflight.load(Relaxed),
             notify,
-            total_sent: h.total_sent.load(Relaxed),
-            total_received: h.total_received.load(Relaxed),
+            total_sent: h.sent.b.load(Relaxed),
+            total_received: h.received.a.load(Relaxed),
             health: match (repairs, slots) {
                 (0, 0) => Health::Ok,
                 (repairs, 0) => Health::Repaired { repairs },
@@ -265,7 +265,7 @@ impl Inspector {
                     queue::unlink_front(r, idx, prio)
                         .and_then(|()| queue::release(r, idx))
                         .map_err(|c| Error::Corrupted(c.0.into()))?;
-                    h.total_received.add(1);
+                    h.received.a.add(1);
                     n += 1;
                 }
                 Ok(None) => break,

@@ -54,13 +54,36 @@ pub const SLOT_READING: u32 = 3;
 /// "No slot" in a link field; links hold `index + 1` where they may be empty.
 pub const NIL: u32 = 0;
 
-/// A process-shared `pthread_mutex_t`, padded to its own cache line.
+/// The lock's cache line: the process-shared `pthread_mutex_t` and the
+/// counters every send and receive changes, so that taking the lock brings
+/// them along (on x86-64 the mutex is 40 bytes and all of this is one line).
 ///
 /// pthread primitives must not be moved and used from any other memory
 /// address than the one they were located at when they were initialised; this
 /// one lives in the mapping and is only ever used in place.
 #[repr(C, align(64))]
-pub struct LockCell(pub UnsafeCell<libc::pthread_mutex_t>);
+pub struct LockLine {
+    /// The robust, process-shared mutex guarding the queue.
+    pub mutex: UnsafeCell<libc::pthread_mutex_t>,
+    /// Messages on the priority lists (`mq_curmsgs`).
+    pub curmsgs: AtomicU64,
+    /// Slots on the free list.
+    pub nfree: AtomicU64,
+    /// Head of the free list (`index + 1`, or [`NIL`]).
+    pub free_head: AtomicU32,
+    /// Slots being copied outside the lock.
+    pub ninflight: AtomicU32,
+}
+
+/// A counter alone on its cache line (written by one side only).
+#[repr(C, align(64))]
+pub struct OwnLine {
+    /// Next message sequence number (senders) or messages received
+    /// (receivers).
+    pub a: AtomicU64,
+    /// Messages sent since creation (senders); unused for receivers.
+    pub b: AtomicU64,
+}
 
 /// The registration made by `mq_notify`, guarded by the queue lock.
 #[repr(C)]
@@ -142,21 +165,16 @@ pub struct Header {
     /// `size_of::<SlotHeader>()`.
     pub slot_header_size: AtomicU32,
 
-    /// The robust, process-shared mutex guarding everything below.
-    pub lock: LockCell,
+    /// The mutex guarding everything below, with the hottest counters.
+    pub lock: LockLine,
+    /// Senders' line: `a` is the next message sequence number (orders
+    /// messages within a priority), `b` the messages sent since creation.
+    pub sent: OwnLine,
+    /// Receivers' line: `a` is the messages received since creation.
+    pub received: OwnLine,
 
-    /// Messages on the priority lists (`mq_curmsgs`).
-    pub curmsgs: AtomicU64,
-    /// Slots on the free list.
-    pub nfree: AtomicU64,
-    /// Next message sequence number (orders messages within a priority).
-    pub next_seq: AtomicU64,
-    /// Head of the free list (`index + 1`, or [`NIL`]).
-    pub free_head: AtomicU32,
     /// Head of the list of slots being copied (`index + 1`, or [`NIL`]).
     pub inflight_head: AtomicU32,
-    /// Slots being copied outside the lock.
-    pub ninflight: AtomicU32,
     /// Receivers blocked (spinning or asleep), summed over the waiter table.
     pub waiting_recv: AtomicU32,
     /// Senders blocked (spinning or asleep).
@@ -171,10 +189,6 @@ pub struct Header {
     pub corrupted_slots: AtomicU32,
     /// Waiter-table overflows (callers that blocked untracked).
     pub untracked_waits: AtomicU32,
-    /// Messages sent since creation.
-    pub total_sent: AtomicU64,
-    /// Messages received since creation.
-    pub total_received: AtomicU64,
 
     /// Futex word bumped when a message is published and someone sleeps.
     pub not_empty: FutexLine,
@@ -227,6 +241,23 @@ const _: () = assert!(offset_of!(Header, version) == 8);
 const _: () = assert!(offset_of!(Header, state) == 12);
 const _: () = assert!(offset_of!(Header, maxmsg) == 24);
 const _: () = assert!(offset_of!(Header, lock) == 64);
+// Layout 1.0 on x86-64, frozen: a change here is a new layout version.
+#[cfg(target_arch = "x86_64")]
+const _: () = {
+    assert!(size_of::<LockLine>() == 64);
+    assert!(offset_of!(Header, lock) + offset_of!(LockLine, free_head) == 120);
+    assert!(offset_of!(Header, sent) == 128);
+    assert!(offset_of!(Header, received) == 192);
+    assert!(offset_of!(Header, inflight_head) == 256);
+    assert!(offset_of!(Header, not_empty) == 320);
+    assert!(offset_of!(Header, not_full) == 384);
+    assert!(offset_of!(Header, notify) == 448);
+    assert!(offset_of!(Header, bitmap_top) == 504);
+    assert!(offset_of!(Header, waiters) == 576);
+    assert!(offset_of!(Header, bitmap_leaf) == 4672);
+    assert!(offset_of!(Header, tails) == 8768);
+    assert!(size_of::<Header>() == 139_840);
+};
 const _: () = assert!(size_of::<SlotHeader>() == 48);
 const _: () = assert!(size_of::<WaiterEntry>() == 32);
 const _: () = assert!(size_of::<libc::pthread_mutex_t>() <= 64);
@@ -415,15 +446,15 @@ impl Region {
         h.nprio.store(NPRIO as u32, Relaxed);
         h.slot_header_size
             .store(size_of::<SlotHeader>() as u32, Relaxed);
-        h.next_seq.store(1, Relaxed);
+        h.sent.a.store(1, Relaxed);
         // Free list: 0 -> 1 -> ... -> maxmsg-1.
         for i in 0..geo.maxmsg {
             let s = r.slot(i).expect("index below maxmsg");
             s.next
                 .store(if i + 1 < geo.maxmsg { i + 2 } else { NIL }, Relaxed);
         }
-        h.free_head.store(1, Relaxed);
-        h.nfree.store(u64::from(geo.maxmsg), Relaxed);
+        h.lock.free_head.store(1, Relaxed);
+        h.lock.nfree.store(u64::from(geo.maxmsg), Relaxed);
         r
     }
 
@@ -442,7 +473,7 @@ impl Region {
 
     /// Pointer to the `pthread_mutex_t` inside the header.
     pub fn mutex_ptr(&self) -> *mut libc::pthread_mutex_t {
-        self.header().lock.0.get()
+        self.header().lock.mutex.get()
     }
 
     /// Slot `idx`, or `None` if `idx` is out of range.

@@ -78,7 +78,7 @@ fn slot(r: &Region, idx: u32) -> QResult<&SlotHeader> {
 #[inline]
 pub fn alloc(r: &Region) -> QResult<Option<u32>> {
     let h = r.header();
-    let head = h.free_head.load(Relaxed);
+    let head = h.lock.free_head.load(Relaxed);
     if head == NIL {
         return Ok(None);
     }
@@ -91,8 +91,8 @@ pub fn alloc(r: &Region) -> QResult<Option<u32>> {
     if next != NIL && next > r.geometry().maxmsg {
         return Err(Corrupt("free list link out of range"));
     }
-    h.free_head.store(next, Relaxed);
-    h.nfree.sub(1);
+    h.lock.free_head.store(next, Relaxed);
+    h.lock.nfree.sub(1);
     Ok(Some(idx))
 }
 
@@ -102,9 +102,9 @@ pub fn release(r: &Region, idx: u32) -> QResult<()> {
     let h = r.header();
     let s = slot(r, idx)?;
     s.state.store(SLOT_FREE, Release);
-    s.next.store(h.free_head.load(Relaxed), Relaxed);
-    h.free_head.store(idx + 1, Relaxed);
-    h.nfree.add(1);
+    s.next.store(h.lock.free_head.load(Relaxed), Relaxed);
+    h.lock.free_head.store(idx + 1, Relaxed);
+    h.lock.nfree.add(1);
     Ok(())
 }
 
@@ -159,8 +159,8 @@ pub fn enqueue(r: &Region, idx: u32, prio: u32, len: usize) -> QResult<()> {
     let s = slot(r, idx)?;
     s.prio.store(prio, Relaxed);
     s.len.store(len as u64, Relaxed);
-    s.seq.store(h.next_seq.load(Relaxed), Relaxed);
-    h.next_seq.add(1);
+    s.seq.store(h.sent.a.load(Relaxed), Relaxed);
+    h.sent.a.add(1);
     s.owner_pid.store(0, Relaxed);
     let tail = tail_word.load(Relaxed);
     if tail == NIL {
@@ -177,7 +177,7 @@ pub fn enqueue(r: &Region, idx: u32, prio: u32, len: usize) -> QResult<()> {
     if tail == NIL {
         bitmap_set(h, p);
     }
-    h.curmsgs.add(1);
+    h.lock.curmsgs.add(1);
     Ok(())
 }
 
@@ -229,7 +229,7 @@ pub fn unlink_front(r: &Region, idx: u32, prio: u32) -> QResult<()> {
         // The new head is what the next receive reads: start fetching it.
         r.prefetch(next);
     }
-    h.curmsgs.sub(1);
+    h.lock.curmsgs.sub(1);
     Ok(())
 }
 
@@ -243,7 +243,7 @@ pub fn begin_inflight(r: &Region, idx: u32, state: u32, pid: i32, start: u64) ->
     s.next.store(h.inflight_head.load(Relaxed), Relaxed);
     s.state.store(state, Release);
     h.inflight_head.store(idx + 1, Relaxed);
-    h.ninflight.add(1);
+    h.lock.ninflight.add(1);
     Ok(())
 }
 
@@ -264,7 +264,7 @@ pub fn end_inflight(r: &Region, idx: u32, state: u32, pid: i32) -> QResult<()> {
         let c = slot(r, cur - 1)?;
         if cur - 1 == idx {
             link.store(c.next.load(Relaxed), Relaxed);
-            h.ninflight.sub(1);
+            h.lock.ninflight.sub(1);
             return Ok(());
         }
         link = &c.next;
@@ -296,7 +296,7 @@ pub fn inflight(r: &Region) -> QResult<Vec<(u32, u32, i32, u64)>> {
 /// `f` returns false.
 pub fn for_each(r: &Region, mut f: impl FnMut(u32, u32, usize) -> bool) -> QResult<()> {
     let h = r.header();
-    let total = h.curmsgs.load(Relaxed);
+    let total = h.lock.curmsgs.load(Relaxed);
     let mut seen = 0u64;
     for prio in (0..NPRIO).rev() {
         if h.bitmap_leaf[prio / 64].load(Relaxed) & (1 << (prio % 64)) == 0 {
@@ -394,11 +394,11 @@ pub fn rebuild(r: &Region, alive: &mut dyn FnMut(i32, u64) -> bool) -> RepairRep
         w.store(0, Relaxed);
     }
     h.bitmap_top.store(0, Relaxed);
-    h.curmsgs.store(0, Relaxed);
+    h.lock.curmsgs.store(0, Relaxed);
 
     // Free list, in index order.
-    h.free_head.store(NIL, Relaxed);
-    h.nfree.store(0, Relaxed);
+    h.lock.free_head.store(NIL, Relaxed);
+    h.lock.nfree.store(0, Relaxed);
     for &i in free.iter().rev() {
         let s = r.slot(i).expect("index below maxmsg");
         s.owner_pid.store(0, Relaxed);
@@ -407,12 +407,12 @@ pub fn rebuild(r: &Region, alive: &mut dyn FnMut(i32, u64) -> bool) -> RepairRep
 
     // In-flight list.
     h.inflight_head.store(NIL, Relaxed);
-    h.ninflight.store(0, Relaxed);
+    h.lock.ninflight.store(0, Relaxed);
     for &i in &inflight {
         let s = r.slot(i).expect("index below maxmsg");
         s.next.store(h.inflight_head.load(Relaxed), Relaxed);
         h.inflight_head.store(i + 1, Relaxed);
-        h.ninflight.add(1);
+        h.lock.ninflight.add(1);
     }
     rep.live_inflight = inflight.len() as u32;
 
@@ -422,13 +422,13 @@ pub fn rebuild(r: &Region, alive: &mut dyn FnMut(i32, u64) -> bool) -> RepairRep
         max_seq = max_seq.max(seq);
         let s = r.slot(i).expect("index below maxmsg");
         let len = s.len.load(Relaxed) as usize;
-        let next_seq = h.next_seq.load(Relaxed);
-        h.next_seq.store(seq, Relaxed);
+        let next_seq = h.sent.a.load(Relaxed);
+        h.sent.a.store(seq, Relaxed);
         enqueue(r, i, prio, len).expect("validated slot and priority");
-        h.next_seq.store(next_seq, Relaxed);
+        h.sent.a.store(next_seq, Relaxed);
     }
-    if h.next_seq.load(Relaxed) <= max_seq {
-        h.next_seq.store(max_seq + 1, Relaxed);
+    if h.sent.a.load(Relaxed) <= max_seq {
+        h.sent.a.store(max_seq + 1, Relaxed);
     }
     rep.queued = queued.len() as u64;
     rep.corrupted += recount_waiters(r, alive);
@@ -554,8 +554,8 @@ mod tests {
             (0, "e"),
         ];
         assert_eq!(got, want.map(|(p, m)| (p, m.to_string())));
-        assert_eq!(r.header().curmsgs.load(Relaxed), 0);
-        assert_eq!(r.header().nfree.load(Relaxed), 8);
+        assert_eq!(r.header().lock.curmsgs.load(Relaxed), 0);
+        assert_eq!(r.header().lock.nfree.load(Relaxed), 8);
     }
 
     #[test]
@@ -586,7 +586,7 @@ mod tests {
         // A live sender is mid-copy too.
         let l = alloc(r).unwrap().unwrap();
         begin_inflight(r, l, SLOT_WRITING, 1, 1).unwrap();
-        assert_eq!(r.header().curmsgs.load(Relaxed), 2);
+        assert_eq!(r.header().lock.curmsgs.load(Relaxed), 2);
         let rep = rebuild(r, &mut |pid, _| pid == 1);
         assert_eq!(rep.restored_reads, 1);
         assert_eq!(rep.dropped_writes, 1);
@@ -603,7 +603,7 @@ mod tests {
             ]
         );
         // Free slots: 6 total - 1 live in flight.
-        assert_eq!(r.header().nfree.load(Relaxed), 5);
+        assert_eq!(r.header().lock.nfree.load(Relaxed), 5);
     }
 
     #[test]
@@ -613,7 +613,7 @@ mod tests {
         assert!(send(r, 2, b"m"));
         r.header().tails[2].store(99, Relaxed);
         assert!(front(r).is_err());
-        r.header().free_head.store(1000, Relaxed);
+        r.header().lock.free_head.store(1000, Relaxed);
         assert!(alloc(r).is_err());
         r.header().bitmap_top.store(1 << 63, Relaxed);
         assert!(highest(r).is_err());
@@ -669,8 +669,8 @@ mod tests {
                     }
                 }
                 let count: usize = model.values().map(VecDeque::len).sum();
-                proptest::prop_assert_eq!(r.header().curmsgs.load(Relaxed), count as u64);
-                proptest::prop_assert_eq!(r.header().nfree.load(Relaxed), 5 - count as u64);
+                proptest::prop_assert_eq!(r.header().lock.curmsgs.load(Relaxed), count as u64);
+                proptest::prop_assert_eq!(r.header().lock.nfree.load(Relaxed), 5 - count as u64);
             }
         }
     }

@@ -164,10 +164,10 @@ fn scribbled_lists_are_repaired_or_reported_never_followed() {
             })
             .collect()
     };
-    // Offsets of layout 1.0: free_head at 152; the bitmap, waiter table and
-    // tails from 440 to 139776.
-    f.write_all_at(&junk(4), 152).unwrap();
-    f.write_all_at(&junk(139_776 - 440), 440).unwrap();
+    // Offsets of layout 1.0 (x86-64): free_head at 120; the bitmap, waiter
+    // table and tails from 504 to 139840.
+    f.write_all_at(&junk(4), 120).unwrap();
+    f.write_all_at(&junk(139_840 - 504), 504).unwrap();
     let mut buf = [0u8; 64];
     // Every call returns: a message, a clean error, or EAGAIN; never a crash.
     q.set_nonblocking(true).unwrap();
