@@ -1,0 +1,282 @@
+//! Builds the C test programs of `tests/c/` four ways and runs each:
+//!
+//! 1. unmodified, against the kernel's queues (`-lrt`): they test POSIX, so
+//!    they must pass there too;
+//! 2. through the compatibility header, linked with `libshmq.a`;
+//! 3. through the compatibility header, linked with `libshmq.so`;
+//! 4. the unmodified binaries of (1) with `libshmq_preload.so` preloaded.
+//!
+//! Every program is compiled with `-Wall -Wextra -Werror`, and once more with
+//! `_FORTIFY_SOURCE=2` for (2) and (4). Each prints `N passed, N failed`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn target_dir() -> PathBuf {
+    // tests run from target/<profile>/deps/<name>
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// Makes sure both libraries exist for this profile (a plain
+/// `cargo test -p shmq-capi` does not build the preload crate).
+fn build_libraries() -> PathBuf {
+    let dir = target_dir();
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let mut c = Command::new(env!("CARGO"));
+    c.args(["build", "-p", "shmq-capi", "-p", "shmq-preload"]);
+    if release {
+        c.arg("--release");
+    }
+    let st = c.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
+    assert!(st.success(), "cargo build of the C libraries failed");
+    for lib in ["libshmq.so", "libshmq.a", "libshmq_preload.so"] {
+        assert!(dir.join(lib).exists(), "{lib} missing in {}", dir.display());
+    }
+    dir
+}
+
+fn sources() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "c"))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no C tests in {}", dir.display());
+    v
+}
+
+struct Variant {
+    name: &'static str,
+    flags: Vec<String>,
+    libs: Vec<String>,
+    preload: bool,
+}
+
+fn compile(src: &Path, out: &Path, v: &Variant) {
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("include");
+    let mut c = Command::new("gcc");
+    c.args([
+        "-std=c11",
+        "-D_GNU_SOURCE",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-O2",
+        "-g",
+    ])
+    .arg(format!("-I{}", include.display()))
+    .arg(format!("-I{}", src.parent().unwrap().display()))
+    .args(&v.flags)
+    .arg(src)
+    .arg("-o")
+    .arg(out)
+    .args(&v.libs);
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{} ({}): compile failed:\n{}",
+        src.display(),
+        v.name,
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Runs one program; returns (passed, failed) from its summary line.
+fn run(bin: &Path, v: &Variant, libdir: &Path, queue_dir: &Path) -> (u32, u32) {
+    let mut c = Command::new(bin);
+    c.env("SHMQ_DIR", queue_dir);
+    if v.preload {
+        c.env("LD_PRELOAD", libdir.join("libshmq_preload.so"));
+    }
+    let o = c.output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let summary = out
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let (p, f) = l.trim().split_once(" passed, ")?;
+            let f = f.strip_suffix(" failed")?;
+            Some((p.trim().parse().ok()?, f.trim().parse().ok()?))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} ({}): no summary line; stdout:\n{out}\nstderr:\n{}",
+                bin.display(),
+                v.name,
+                String::from_utf8_lossy(&o.stderr)
+            )
+        });
+    assert!(
+        o.status.success() && summary.1 == 0,
+        "{} ({}): {} passed, {} failed, {}\nstdout:\n{out}\nstderr:\n{}",
+        bin.display(),
+        v.name,
+        summary.0,
+        summary.1,
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        summary.0 > 0,
+        "{} ({}): nothing was checked",
+        bin.display(),
+        v.name
+    );
+    summary
+}
+
+#[test]
+fn c_tests_pass_against_the_kernel_libshmq_the_compat_header_and_the_drop_in() {
+    let libdir = build_libraries();
+    let build = libdir.join("c-tests");
+    std::fs::create_dir_all(&build).unwrap();
+    let queue_dir = std::env::temp_dir().join(format!("shmq-c-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&queue_dir).unwrap();
+    let rpath = format!("-Wl,-rpath,{}", libdir.display());
+    let shmq_a = libdir.join("libshmq.a").display().to_string();
+    let sys = ["-lpthread", "-ldl", "-lm", "-lrt"].map(String::from);
+    let variants = [
+        Variant {
+            name: "kernel",
+            flags: vec![],
+            libs: vec!["-lrt".into(), "-lpthread".into()],
+            preload: false,
+        },
+        Variant {
+            name: "libshmq.a + compat header",
+            flags: vec!["-DSHMQ_COMPAT".into()],
+            libs: [vec![shmq_a.clone()], sys.to_vec()].concat(),
+            preload: false,
+        },
+        Variant {
+            name: "libshmq.a + compat header, fortified",
+            flags: vec!["-DSHMQ_COMPAT".into(), "-D_FORTIFY_SOURCE=2".into()],
+            libs: [vec![shmq_a], sys.to_vec()].concat(),
+            preload: false,
+        },
+        Variant {
+            name: "libshmq.so + compat header",
+            flags: vec!["-DSHMQ_COMPAT".into()],
+            libs: [
+                vec![format!("-L{}", libdir.display()), "-lshmq".into(), rpath],
+                sys.to_vec(),
+            ]
+            .concat(),
+            preload: false,
+        },
+        Variant {
+            name: "unmodified + LD_PRELOAD",
+            flags: vec![],
+            libs: vec!["-lrt".into(), "-lpthread".into()],
+            preload: true,
+        },
+        Variant {
+            name: "unmodified, fortified + LD_PRELOAD",
+            flags: vec!["-D_FORTIFY_SOURCE=2".into()],
+            libs: vec!["-lrt".into(), "-lpthread".into()],
+            preload: true,
+        },
+    ];
+    let mut report = Vec::new();
+    for v in &variants {
+        let (mut passed, mut programs) = (0, 0);
+        for src in sources() {
+            let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
+            let bin = build.join(format!(
+                "{stem}-{}",
+                v.name.replace([' ', '+', ',', '.'], "_")
+            ));
+            compile(&src, &bin, v);
+            passed += run(&bin, v, &libdir, &queue_dir).0;
+            programs += 1;
+        }
+        report.push(format!(
+            "{}: {programs} programs, {passed} checks passed",
+            v.name
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&queue_dir);
+    eprintln!("{}", report.join("\n"));
+}
+
+/// The drop-in really replaces the kernel: a queue of 1000 messages, which
+/// the kernel refuses here (its default `msg_max` is 10), opens under the
+/// preload, and its file appears in the shmq directory; both with a plain
+/// and with a fortified build (which calls `__mq_open_2` for two-argument
+/// opens).
+#[test]
+fn the_drop_in_interposes_on_glibc() {
+    let libdir = build_libraries();
+    let build = libdir.join("c-tests");
+    std::fs::create_dir_all(&build).unwrap();
+    let src = build.join("interpose.c");
+    std::fs::write(
+        &src,
+        r#"#include <fcntl.h>
+#include <mqueue.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    char name[64];
+    snprintf(name, sizeof name, "/shmq-interpose-%d", (int)getpid());
+    struct mq_attr a = {0};
+    a.mq_maxmsg = 1000;
+    a.mq_msgsize = 64;
+    mqd_t q = mq_open(name, O_CREAT | O_EXCL | O_RDWR, 0600, &a);
+    if (q == (mqd_t)-1) { perror("mq_open"); return 3; }
+    mqd_t again = mq_open(name, O_RDONLY);
+    if (again == (mqd_t)-1) { perror("mq_open 2 args"); return 4; }
+    printf("%s\n", name + 1);
+    fflush(stdout);
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    for fortify in [false, true] {
+        let bin = build.join(if fortify {
+            "interpose-fortified"
+        } else {
+            "interpose"
+        });
+        let mut c = Command::new("gcc");
+        c.args(["-O2", "-Wall", "-Werror"]);
+        if fortify {
+            c.arg("-D_FORTIFY_SOURCE=2");
+        }
+        assert!(
+            c.arg(&src)
+                .arg("-o")
+                .arg(&bin)
+                .arg("-lrt")
+                .status()
+                .unwrap()
+                .success()
+        );
+        let plain = Command::new(&bin).output().unwrap();
+        assert_eq!(
+            plain.status.code(),
+            Some(3),
+            "the kernel refuses 1000 messages: {plain:?}"
+        );
+        let queue_dir =
+            std::env::temp_dir().join(format!("shmq-interpose-{}-{fortify}", std::process::id()));
+        std::fs::create_dir_all(&queue_dir).unwrap();
+        let pre = Command::new(&bin)
+            .env("LD_PRELOAD", libdir.join("libshmq_preload.so"))
+            .env("SHMQ_DIR", &queue_dir)
+            .output()
+            .unwrap();
+        assert!(pre.status.success(), "{pre:?}");
+        let name = String::from_utf8(pre.stdout).unwrap();
+        assert!(
+            queue_dir.join(name.trim()).exists(),
+            "queue file in SHMQ_DIR"
+        );
+        let _ = std::fs::remove_dir_all(&queue_dir);
+    }
+}
