@@ -626,7 +626,6 @@ impl Description {
             }
         };
         w.leave(&g, Side::Send, false);
-        let was_empty = h.lock.curmsgs.load(Relaxed) == 0;
         if msg.len() <= INLINE_MAX {
             r.write_payload(idx, msg);
         } else {
@@ -640,6 +639,7 @@ impl Description {
                     .map_err(|c| Error::Corrupted(c.0.into()))?;
             }
         }
+        let was_empty = h.lock.curmsgs.load(Relaxed) == 0;
         if let Err(c) = queue::enqueue(r, idx, prio, msg.len()) {
             q.repair(&g, c, &mut attempts)?;
             return Err(Error::Corrupted(c.0.into()));
