@@ -582,6 +582,34 @@ impl Description {
         })
     }
 
+    /// Under the lock: calls `take` until it yields something, waiting for
+    /// `side` (or failing with `EAGAIN` when non-blocking) while it yields
+    /// nothing, and repairing the queue when it finds an inconsistency.
+    fn acquire<'q, T>(
+        &'q self,
+        g: &mut Guard<'q>,
+        side: Side,
+        deadline: Option<&libc::timespec>,
+        attempts: &mut u32,
+        mut take: impl FnMut(&Region) -> queue::QResult<Option<T>>,
+    ) -> Result<T> {
+        let q = &self.queue;
+        let mut w = Waiting::default();
+        let out = loop {
+            let res = match take(q.region()) {
+                Ok(Some(v)) => break Ok(v),
+                Ok(None) if self.nonblocking() => Err(Error::Os(Errno::EAGAIN)),
+                Ok(None) => q.block(g, side, deadline, &mut w),
+                Err(c) => q.repair(g, c, attempts),
+            };
+            if let Err(e) = res {
+                break Err(e);
+            }
+        };
+        w.leave(g, side, out.is_err());
+        out
+    }
+
     /// `mq_timedsend`; `deadline` is absolute `CLOCK_REALTIME`, `None` blocks
     /// without limit (subject to `O_NONBLOCK`).
     pub fn send(&self, prio: u32, msg: &[u8], deadline: Option<&libc::timespec>) -> Result<()> {
@@ -601,31 +629,8 @@ impl Description {
         let r = q.region();
         let h = r.header();
         let mut g = q.lock()?;
-        let mut w = Waiting::default();
         let mut attempts = 0;
-        let idx = loop {
-            match queue::alloc(r) {
-                Ok(Some(i)) => break i,
-                Ok(None) => {
-                    let res = if self.nonblocking() {
-                        Err(Error::Os(Errno::EAGAIN))
-                    } else {
-                        q.block(&mut g, Side::Send, deadline, &mut w)
-                    };
-                    if let Err(e) = res {
-                        w.leave(&g, Side::Send, true);
-                        return Err(e);
-                    }
-                }
-                Err(c) => {
-                    if let Err(e) = q.repair(&g, c, &mut attempts) {
-                        w.leave(&g, Side::Send, true);
-                        return Err(e);
-                    }
-                }
-            }
-        };
-        w.leave(&g, Side::Send, false);
+        let idx = self.acquire(&mut g, Side::Send, deadline, &mut attempts, queue::alloc)?;
         if msg.len() <= INLINE_MAX {
             r.write_payload(idx, msg);
         } else {
@@ -678,31 +683,9 @@ impl Description {
         let r = q.region();
         let h = r.header();
         let mut g = q.lock()?;
-        let mut w = Waiting::default();
         let mut attempts = 0;
-        let (idx, prio, len) = loop {
-            match queue::front(r) {
-                Ok(Some(m)) => break m,
-                Ok(None) => {
-                    let res = if self.nonblocking() {
-                        Err(Error::Os(Errno::EAGAIN))
-                    } else {
-                        q.block(&mut g, Side::Recv, deadline, &mut w)
-                    };
-                    if let Err(e) = res {
-                        w.leave(&g, Side::Recv, true);
-                        return Err(e);
-                    }
-                }
-                Err(c) => {
-                    if let Err(e) = q.repair(&g, c, &mut attempts) {
-                        w.leave(&g, Side::Recv, true);
-                        return Err(e);
-                    }
-                }
-            }
-        };
-        w.leave(&g, Side::Recv, false);
+        let (idx, prio, len) =
+            self.acquire(&mut g, Side::Recv, deadline, &mut attempts, queue::front)?;
         if len <= INLINE_MAX {
             r.read_payload(idx, &mut buf[..len]);
             let res = queue::unlink_front(r, idx, prio).and_then(|()| queue::release(r, idx));
