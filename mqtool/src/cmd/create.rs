@@ -60,7 +60,8 @@ pub fn run(ctx: &Ctx, a: &CreateArgs) -> Outcome {
             Some(Errno::EINVAL) => Failure::new(
                 name.to_string(),
                 format!(
-                    "capacity ({capacity}) and max-msg-len ({max_msg_len}) must both be at least 1 (EINVAL)"
+                    "capacity ({capacity}) and max-msg-len ({max_msg_len}) must each be from 1 to {} (EINVAL)",
+                    i64::MAX
                 ),
             ),
             Some(Errno::EOVERFLOW) => Failure::new(
