@@ -147,13 +147,8 @@ pub fn queue_name(arg: &OsStr) -> Result<QueueName, Failure> {
         Errno::EINVAL if rest.contains(&0) => "contains a NUL byte",
         _ => "not a queue name",
     };
-    let shown = if name.bytes.is_empty() || rest.is_empty() {
-        format!("'{arg:?}'")
-    } else {
-        name.to_string()
-    };
     Err(Failure::new(
-        shown,
+        name.to_string(),
         format!("invalid queue name: {why} ({})", e.errno_name()),
     ))
 }
