@@ -168,7 +168,7 @@ impl OpenOptions {
     fn open_bytes(&self, name: &[u8]) -> Result<PosixMq, io::Error> {
         let dir = self.dir.map(interned_dir);
         let attr = (self.capacity != 0 || self.max_msg_len != 0)
-            .then_some((self.capacity as i64, self.max_msg_len as i64));
+            .then_some((saturate(self.capacity), saturate(self.max_msg_len)));
         let req = OpenRequest {
             name,
             dir: dir.as_deref(),
@@ -183,6 +183,12 @@ impl OpenOptions {
             h: Handle::open(&req)?,
         })
     }
+}
+
+/// A size for the engine: values beyond `i64::MAX` stay huge (and fail with
+/// EOVERFLOW) instead of wrapping to negative (EINVAL).
+fn saturate(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn with_slash(name: &[u8]) -> Result<Vec<u8>, io::Error> {

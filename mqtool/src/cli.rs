@@ -1,0 +1,484 @@
+//! The command line, declared with clap's derive API. Doc comments here are
+//! the `--help` text, the man page and the shell completions.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const AFTER_HELP: &str = "\
+Queue names are '/name' as for mq_open(3); the leading '/' may be left out.
+Queues live in --dir, else $SHMQ_DIR, else /dev/shm/shmq.
+
+Exit status: 0 success; 1 nothing happened (no message arrived, a --timeout
+expired, the queue was full); 2 error. The JSON schema: mqtool --help.
+
+Examples:
+  mqtool create /jobs --capacity 100 --max-msg-len 256
+  printf 'one\\ntwo\\n' | mqtool send /jobs        # two messages
+  mqtool send /jobs -p 9 urgent
+  mqtool recv /jobs --all -p                     # '9<TAB>urgent', ...
+  mqtool info /jobs
+  mqtool --json ls | jq .current_messages
+  mqtool watch /jobs";
+
+const AFTER_LONG_HELP: &str = "\
+Queue names are '/name' as for mq_open(3); the leading '/' may be left out.
+Queues live in --dir, else $SHMQ_DIR, else /dev/shm/shmq.
+
+Exit status:
+  0  success
+  1  nothing happened: no message arrived (recv --nonblock on an empty
+     queue, or --timeout expired), or send found the queue full
+  2  error: bad arguments or name, missing queue, permission denied,
+     message too long, not a queue ...
+
+A broken pipe on standard output ends quietly with status 0.
+
+JSON Lines (--json): one object per line, each with a \"type\":
+  message  (recv, peek)  queue, priority, len, data
+  queue    (info, ls)    name, path, capacity, max_msg_len, current_messages,
+                         mode (\"0640\"), uid, gid,
+                         per_priority [{priority, count}, ...] highest first,
+                         blocked_senders, blocked_receivers, in_flight,
+                         notify (null or {pid, kind, signal}),
+                         total_sent, total_received, file_size,
+                         version (\"1.0\"), health {status (ok, repaired,
+                         corrupted), repairs, corrupted_slots};
+                         a queue ls cannot read: name, path,
+                         error {errno, message}
+  sample   (watch)       queue, time (Unix seconds), elapsed,
+                         current_messages, capacity, sent_per_sec,
+                         received_per_sec (null in the first sample),
+                         blocked_senders, blocked_receivers, total_sent,
+                         total_received, health
+  purged   (purge)       queue, messages
+  bench    (bench)       case, description, unit (ns or msg/s), shmq,
+                         kernel, ratio (above 1: shmq is faster),
+                         repetitions, kernel_depth, note
+
+Payloads (\"data\") are {\"text\": STRING} when valid UTF-8, else
+{\"bytes\": BASE64}, as in ripgrep's JSON output.
+
+Examples:
+  mqtool create /jobs --capacity 100 --max-msg-len 256
+  printf 'one\\ntwo\\n' | mqtool send /jobs        # two messages
+  mqtool send /jobs -p 9 urgent
+  mqtool recv /jobs --all -p                     # '9<TAB>urgent', ...
+  mqtool info /jobs
+  mqtool --json ls | jq .current_messages
+  mqtool watch /jobs";
+
+const JSON_HELP: &str = "\
+Print JSON Lines, one object per line (recv, peek, info, ls, watch, purge,
+bench). Payloads are {\"text\": STRING} when valid UTF-8, else
+{\"bytes\": BASE64}, as in ripgrep's JSON output. Schema: mqtool --help.";
+
+/// Create, use, inspect, watch and benchmark shmq message queues.
+///
+/// shmq queues are POSIX message queues (mq_overview(7)) that live in shared
+/// memory files. mqtool works on them from the shell: quiet on success,
+/// errors on standard error naming the queue and the errno.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mqtool",
+    version,
+    after_help = AFTER_HELP,
+    after_long_help = AFTER_LONG_HELP,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Directory holding the queue files [default: $SHMQ_DIR, else /dev/shm/shmq]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
+    pub dir: Option<PathBuf>,
+
+    /// Print JSON Lines (one object per line) on read commands
+    #[arg(long, global = true, long_help = JSON_HELP, help_heading = "Global options")]
+    pub json: bool,
+
+    /// Say on standard error what was done (created, sent, purged …)
+    #[arg(short, long, global = true, help_heading = "Global options")]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Create(CreateArgs),
+    Send(SendArgs),
+    Recv(RecvArgs),
+    Peek(PeekArgs),
+    Info(InfoArgs),
+    Ls(LsArgs),
+    Unlink(UnlinkArgs),
+    Purge(PurgeArgs),
+    Watch(WatchArgs),
+    Bench(BenchArgs),
+    Completions(CompletionsArgs),
+    Man(ManArgs),
+}
+
+/// Create a queue (or check that it exists).
+///
+/// Without --exclusive an existing queue is left as it is, like
+/// mq_open(O_CREAT); mqtool warns if its capacity or message size differ from
+/// the ones asked for.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  mqtool create /jobs
+  mqtool create /jobs --capacity 1000 --max-msg-len 64 --mode 0660 --exclusive")]
+pub struct CreateArgs {
+    /// Queue name
+    pub name: OsString,
+    /// Maximum number of messages in the queue [default: 10]
+    #[arg(short, long, value_name = "N")]
+    pub capacity: Option<usize>,
+    /// Maximum size of one message in bytes [default: 8192]
+    #[arg(short = 's', long, value_name = "BYTES")]
+    pub max_msg_len: Option<usize>,
+    /// Permissions in octal, less the umask
+    #[arg(short, long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
+    pub mode: u32,
+    /// Fail with EEXIST if the queue exists already
+    #[arg(short = 'x', long)]
+    pub exclusive: bool,
+}
+
+/// Waiting behaviour of send and recv.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct WaitArgs {
+    /// Do not wait: fail at once (exit 1) if the queue is full (send) or empty (recv)
+    #[arg(short, long, conflicts_with = "timeout")]
+    pub nonblock: bool,
+    /// Wait at most this long for room or for a message (e.g. 2s, 100ms, 1m); exit 1 when it expires
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+/// Send messages.
+///
+/// With MESSAGE arguments each one is a message. Without (or with '-'),
+/// every line of standard input is a message, sent as soon as it is read,
+/// without its newline; --whole sends all of standard input as one message
+/// and --file the bytes of a file.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  mqtool send /jobs hello                  # one message
+  mqtool send /jobs -p 5 a b c             # three messages, priority 5
+  tail -f app.log | mqtool send /logs      # one message per line
+  mqtool send /blobs --file image.png      # binary, as is
+  mqtool send /jobs --timeout 2s job-42    # exit 1 if still full after 2s")]
+pub struct SendArgs {
+    /// Queue name
+    pub name: OsString,
+    /// Messages to send, in order; '-' or none reads standard input
+    #[arg(value_name = "MESSAGE")]
+    pub messages: Vec<OsString>,
+    /// Priority, 0 to 32767; higher priorities are received first
+    #[arg(short, long, value_name = "P", default_value_t = 0)]
+    pub priority: u32,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Send all of standard input as one message
+    #[arg(short, long, conflicts_with_all = ["messages", "file"])]
+    pub whole: bool,
+    /// Send the contents of a file as one message (binary-safe)
+    #[arg(short, long, value_name = "PATH", conflicts_with = "messages")]
+    pub file: Option<PathBuf>,
+}
+
+/// How recv and peek print a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// The payload as is, then a newline
+    Text,
+    /// The payload in lowercase hex, then a newline
+    Hex,
+    /// One JSON object per line (as --json)
+    Json,
+}
+
+/// Receive messages: highest priority first, oldest first within a
+/// priority.
+///
+/// Waits for one message unless told otherwise. --all takes every message
+/// queued now (with --timeout: until none arrives for that long). Exit 1 if
+/// fewer messages than asked for arrived.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  mqtool recv /jobs                        # wait for one message
+  mqtool recv /jobs --all -p               # drain, with priorities
+  mqtool recv /jobs -c 10 --timeout 5s     # up to 10, each within 5s
+  mqtool recv /jobs --nonblock || echo empty
+  mqtool recv /blobs --format hex")]
+pub struct RecvArgs {
+    /// Queue name
+    pub name: OsString,
+    /// Number of messages to receive [default: 1]
+    #[arg(short, long, value_name = "N", conflicts_with = "all", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Receive every queued message, then stop
+    #[arg(short, long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Print the priority before each message, then a tab
+    #[arg(short, long)]
+    pub priority: bool,
+}
+
+/// Show queued messages in delivery order without removing them.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  mqtool peek /jobs -p
+  mqtool peek /jobs --count 1 --format hex")]
+pub struct PeekArgs {
+    /// Queue name
+    pub name: OsString,
+    /// Show at most N messages
+    #[arg(short, long, value_name = "N")]
+    pub count: Option<usize>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Print the priority before each message, then a tab
+    #[arg(short, long)]
+    pub priority: bool,
+}
+
+/// Show a queue's attributes and state.
+///
+/// Capacity and message size, messages queued per priority, blocked senders
+/// and receivers, the process registered for notification, total messages
+/// sent and received, the file and its size, the layout version, and health:
+/// whether the queue was repaired after a process died in it, or found
+/// corrupted.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  mqtool info /jobs\n  mqtool --json info /jobs")]
+pub struct InfoArgs {
+    /// Queue name
+    pub name: OsString,
+}
+
+/// List the queues in the queue directory.
+///
+/// Files that are not queues are left out; queues that cannot be read
+/// (corrupted, another layout version, no permission) are listed with the
+/// reason.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  mqtool ls\n  mqtool --dir /tmp/q --json ls")]
+pub struct LsArgs {}
+
+/// Remove queues.
+///
+/// Processes that have a removed queue open keep using it; its memory is
+/// freed when the last one closes it. A file in the queue directory that is
+/// not a queue is never removed.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  mqtool unlink /jobs /logs\n  mqtool unlink -f /maybe")]
+pub struct UnlinkArgs {
+    /// Queue names
+    #[arg(required = true)]
+    pub names: Vec<OsString>,
+    /// Ignore queues that do not exist
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+/// Drop every message in a queue (blocked senders wake up).
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  mqtool purge /jobs\n  mqtool -v purge /jobs     # 'purged 12 messages'"
+)]
+pub struct PurgeArgs {
+    /// Queue name
+    pub name: OsString,
+}
+
+/// Watch a queue live: depth, send and receive rates, blocked callers.
+///
+/// On a terminal the view is redrawn in place; otherwise (or with --json)
+/// one line is printed per sample. Rates are messages per second over the
+/// last interval. Stop with Ctrl-C, or after --count samples.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  mqtool watch /jobs
+  mqtool watch /jobs --interval 250ms
+  mqtool watch /jobs --count 10 | tee jobs.log")]
+pub struct WatchArgs {
+    /// Queue name
+    pub name: OsString,
+    /// Time between samples
+    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Stop after N samples
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+}
+
+/// Benchmark shmq against the kernel's message queues, side by side.
+///
+/// Cases, all with 64-byte messages: a send+receive pair in one thread; a
+/// ping-pong round trip between two threads; streaming from one thread to
+/// another with queue depth 10 and 256. Peers run interleaved, several
+/// repetitions each; the table shows medians and how many times faster shmq
+/// is. Progress goes to standard error. The kernel allows 10 messages per
+/// queue unless /proc/sys/fs/mqueue/msg_max is raised: run as root, mqtool
+/// raises it while creating the depth-256 queue and restores it at once;
+/// otherwise that kernel row uses depth 10 and says so.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  mqtool bench\n  mqtool bench --quick\n  mqtool --json bench --reps 9"
+)]
+pub struct BenchArgs {
+    /// A short run (about a second), for smoke tests
+    #[arg(long)]
+    pub quick: bool,
+    /// Repetitions of each case and peer [default: 5, --quick: 3]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub reps: Option<u32>,
+    /// Do not show progress on standard error
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Print a shell completion script.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  mqtool completions bash > /etc/bash_completion.d/mqtool
+  mqtool completions zsh > ~/.zfunc/_mqtool
+  mqtool completions fish > ~/.config/fish/completions/mqtool.fish")]
+pub struct CompletionsArgs {
+    /// The shell
+    pub shell: clap_complete::Shell,
+}
+
+/// Print the manual page (roff).
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  mqtool man | man -l -\n  mqtool man send > mqtool-send.1")]
+pub struct ManArgs {
+    /// A subcommand, for its own page (mqtool-SUBCOMMAND)
+    pub subcommand: Option<String>,
+}
+
+/// The longest duration accepted: about 31 years, so deadlines never
+/// overflow.
+const MAX_DURATION: Duration = Duration::from_secs(1 << 30);
+
+/// Parses `2s`, `100ms`, `1.5s`, `250us`, `10ns`, `1m`, `1h`; a bare number
+/// is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = match num.parse() {
+        Ok(v) if num.chars().next().is_some_and(|c| c.is_ascii_digit()) => v,
+        _ => return Err(format!("'{s}' is not a duration such as 2s, 100ms or 1.5m")),
+    };
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "ns" => 1e-9,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        u => {
+            return Err(format!(
+                "unknown unit '{u}' in '{s}' (use ns, us, ms, s, m or h)"
+            ));
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!("'{s}' is too long"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err("the interval must be at least 1ms".into());
+    }
+    Ok(d)
+}
+
+/// Parses an octal mode: `640`, `0640`, `0o640`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(m),
+        _ => Err(format!(
+            "'{s}' is not an octal mode from 0 to 0777, such as 0640"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1 fortnight").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration(".s").is_err());
+        assert!(parse_duration("1e30").is_err());
+        assert!(parse_duration("99999999999h").is_err());
+        assert!(parse_interval("0").is_err());
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0640"), Ok(0o640));
+        assert_eq!(parse_mode("640"), Ok(0o640));
+        assert_eq!(parse_mode("0o600"), Ok(0o600));
+        assert!(parse_mode("0800").is_err());
+        assert!(parse_mode("01777").is_err());
+        assert!(parse_mode("").is_err());
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let cli = Cli::try_parse_from(["mqtool", "ls", "--json", "--dir", "/tmp/x"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.dir.as_deref(), Some(std::path::Path::new("/tmp/x")));
+        assert!(
+            Cli::try_parse_from(["mqtool", "recv", "/q", "--nonblock", "--timeout", "1s"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["mqtool", "send", "/q", "--whole", "x"]).is_err());
+        assert!(Cli::try_parse_from(["mqtool", "recv", "/q", "--count", "0"]).is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! `mqtool info`: everything the inspection API knows about one queue.
+
+use super::{Ctx, queue_name};
+use crate::cli::InfoArgs;
+use crate::exit::{Exit, Outcome};
+use crate::output::{self, QueueJson, json_line};
+use shmq::inspect::{Health, QueueInfo};
+use std::io::{self, Write};
+
+pub fn run(ctx: &Ctx, a: &InfoArgs) -> Outcome {
+    let name = queue_name(&a.name)?;
+    let info = ctx
+        .inspector(&name)?
+        .info()
+        .map_err(|e| ctx.inspect_error(&name, e))?;
+    let mut out = io::stdout().lock();
+    if ctx.json {
+        json_line(&mut out, &QueueJson::new(&info))?;
+    } else {
+        out.write_all(human(&info).as_bytes())?;
+    }
+    out.flush()?;
+    Ok(Exit::Success)
+}
+
+/// The `key: value` block.
+fn human(i: &QueueInfo) -> String {
+    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let by_priority = if i.per_priority.is_empty() {
+        "-".to_string()
+    } else {
+        i.per_priority
+            .iter()
+            .map(|(p, n)| format!("{p}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let notify = match i.notify {
+        None => "none".to_string(),
+        Some(n) if n.kind == "signal" => format!("pid {} (signal {})", n.pid, n.signo),
+        Some(n) => format!("pid {} ({})", n.pid, n.kind),
+    };
+    let health = match i.health {
+        Health::Ok => "ok".to_string(),
+        Health::Repaired { repairs } => {
+            format!(
+                "repaired ({}, after processes died mid-operation; nothing lost)",
+                plural(repairs.into(), "time", "times")
+            )
+        }
+        Health::Corrupted { repairs, slots } => format!(
+            "corrupted ({} with impossible contents freed, {})",
+            plural(slots.into(), "slot", "slots"),
+            plural(repairs.into(), "repair", "repairs")
+        ),
+    };
+    let (major, minor) = shmq::inspect::layout_version();
+    let rows = [
+        ("name", i.name.clone()),
+        ("path", i.path.display().to_string()),
+        (
+            "messages",
+            format!(
+                "{} of {} (up to {} bytes each)",
+                i.current_messages, i.capacity, i.max_msg_len
+            ),
+        ),
+        ("by priority", by_priority),
+        (
+            "blocked",
+            format!(
+                "{}, {}",
+                plural(i.blocked_senders.into(), "sender", "senders"),
+                plural(i.blocked_receivers.into(), "receiver", "receivers")
+            ),
+        ),
+        ("in flight", i.in_flight.to_string()),
+        ("notify", notify),
+        ("sent", i.total_sent.to_string()),
+        ("received", i.total_received.to_string()),
+        (
+            "mode",
+            format!(
+                "{} owner {} group {}",
+                output::mode_string(i.mode),
+                user_name(i.uid),
+                group_name(i.gid)
+            ),
+        ),
+        (
+            "file size",
+            format!("{} ({} bytes)", output::bytes(i.file_size), i.file_size),
+        ),
+        (
+            "layout",
+            format!(
+                "{}.{} (this mqtool: {major}.{minor})",
+                i.version.0, i.version.1
+            ),
+        ),
+        ("health", health),
+    ];
+    rows.iter()
+        .map(|(k, v)| format!("{:<12} {v}\n", format!("{k}:")))
+        .collect()
+}
+
+/// The user name for `uid`, else the number.
+pub fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => u.name,
+        _ => uid.to_string(),
+    }
+}
+
+/// The group name for `gid`, else the number.
+pub fn group_name(gid: u32) -> String {
+    match nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
+        Ok(Some(g)) => g.name,
+        _ => gid.to_string(),
+    }
+}

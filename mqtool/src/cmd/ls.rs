@@ -1,0 +1,91 @@
+//! `mqtool ls`: every queue in the queue directory.
+
+use super::Ctx;
+use super::info::user_name;
+use crate::cli::LsArgs;
+use crate::exit::{Exit, Failure, Outcome};
+use crate::output::{self, ErrorJson, QueueErrorJson, QueueJson, json_line};
+use shmq::inspect::Health;
+use std::collections::HashMap;
+use std::io::{self, BufWriter, Write};
+
+pub fn run(ctx: &Ctx, _a: &LsArgs) -> Outcome {
+    let dir = ctx.dir()?;
+    let entries = shmq::inspect::list(Some(dir))
+        .map_err(|e| Failure::new(dir.display().to_string(), e.to_string()))?;
+    let mut out = BufWriter::new(io::stdout().lock());
+    if ctx.json {
+        for e in &entries {
+            match &e.info {
+                Ok(info) => json_line(&mut out, &QueueJson::new(info))?,
+                Err(err) => json_line(
+                    &mut out,
+                    &QueueErrorJson {
+                        kind: "queue",
+                        name: e.name.clone(),
+                        path: dir
+                            .join(e.name.trim_start_matches('/'))
+                            .display()
+                            .to_string(),
+                        error: ErrorJson {
+                            errno: err.errno_name(),
+                            message: err.to_string(),
+                        },
+                    },
+                )?,
+            }
+        }
+    } else if !entries.is_empty() {
+        let mut users = HashMap::new();
+        let rows: Vec<Vec<String>> = entries
+            .iter()
+            .map(|e| match &e.info {
+                Ok(i) => vec![
+                    e.name.clone(),
+                    i.current_messages.to_string(),
+                    i.capacity.to_string(),
+                    i.max_msg_len.to_string(),
+                    output::mode_string(i.mode),
+                    users
+                        .entry(i.uid)
+                        .or_insert_with(|| user_name(i.uid))
+                        .clone(),
+                    match i.health {
+                        Health::Ok => "ok".into(),
+                        Health::Repaired { repairs } => format!("repaired x{repairs}"),
+                        Health::Corrupted { slots, .. } => {
+                            format!("corrupted ({slots} slots freed)")
+                        }
+                    },
+                ],
+                Err(err) => {
+                    let dash = || "-".to_string();
+                    vec![
+                        e.name.clone(),
+                        dash(),
+                        dash(),
+                        dash(),
+                        dash(),
+                        dash(),
+                        format!("error: {err}"),
+                    ]
+                }
+            })
+            .collect();
+        output::table(
+            &mut out,
+            &[
+                "NAME",
+                ">DEPTH",
+                ">CAPACITY",
+                ">MSGSIZE",
+                "MODE",
+                "OWNER",
+                "STATUS",
+            ],
+            &rows,
+        )?;
+    }
+    out.flush()?;
+    Ok(Exit::Success)
+}

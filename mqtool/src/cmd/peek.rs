@@ -1,0 +1,28 @@
+//! `mqtool peek`: the queued messages in delivery order, left in place.
+
+use super::{Ctx, queue_name};
+use crate::cli::{Format, PeekArgs};
+use crate::exit::{Exit, Outcome};
+use crate::output::MessagePrinter;
+use std::io::{self, BufWriter};
+
+pub fn run(ctx: &Ctx, a: &PeekArgs) -> Outcome {
+    let name = queue_name(&a.name)?;
+    let messages = ctx
+        .inspector(&name)?
+        .peek(a.count)
+        .map_err(|e| ctx.inspect_error(&name, e))?;
+    let queue = name.to_string();
+    let format = if ctx.json { Format::Json } else { a.format };
+    let mut out = MessagePrinter {
+        out: BufWriter::new(io::stdout().lock()),
+        format,
+        priority: a.priority,
+        queue: &queue,
+    };
+    for m in &messages {
+        out.print(m.priority, &m.data)?;
+    }
+    out.flush()?;
+    Ok(Exit::Success)
+}

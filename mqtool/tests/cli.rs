@@ -1,0 +1,797 @@
+//! End-to-end tests: run the built `mqtool` binary, each test with its own
+//! queue directory (never the default one).
+
+use serde_json::Value;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtool");
+
+/// A private queue directory, removed at the end of the test.
+struct Env {
+    dir: PathBuf,
+}
+
+impl Env {
+    fn new(test: &str) -> Env {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let base = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!(
+            "mqtool-test-{}-{}-{test}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Env { dir }
+    }
+
+    /// `mqtool ARGS` with `SHMQ_DIR` set to this test's directory.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("SHMQ_DIR", &self.dir)
+            .env_remove("RUST_BACKTRACE");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.cmd(args).stdin(Stdio::null()).output().unwrap())
+    }
+
+    fn run_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        Run::from(wait_with_watchdog(child))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "mqtool {args:?}: {r:?}");
+        r.stdout
+    }
+
+    fn json(&self, args: &[&str]) -> Vec<Value> {
+        self.ok(args)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+            .collect()
+    }
+
+    fn info(&self, name: &str) -> Value {
+        self.json(&["--json", "info", name]).remove(0)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Exit 2 with `mqtool: SUBJECT: …(ERRNO)` and nothing that looks like a
+    /// panic.
+    fn assert_error(&self, subject: &str, errno: &str) {
+        assert_eq!(self.code, 2, "{self:?}");
+        let want = format!("mqtool: {subject}: ");
+        assert!(
+            self.stderr.starts_with(&want),
+            "expected {want:?}: {self:?}"
+        );
+        assert!(
+            self.stderr.contains(&format!("({errno})")),
+            "expected {errno}: {self:?}"
+        );
+        assert!(
+            !self.stderr.contains("panicked") && !self.stderr.contains("backtrace"),
+            "{self:?}"
+        );
+        assert_eq!(self.stderr.lines().count(), 1, "one line: {self:?}");
+    }
+}
+
+/// Waits for a child, killing it (and failing) if it hangs.
+fn wait_with_watchdog(mut child: Child) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("mqtool hung: {:?}", child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Polls `f` until it is true (or fails the test after a while).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn message_crosses_processes() {
+    let env = Env::new("cross");
+    env.ok(&["create", "/jobs"]);
+    env.ok(&["send", "/jobs", "hello"]);
+    assert_eq!(env.ok(&["recv", "/jobs"]), "hello\n");
+
+    // A receiver blocked in one process gets what another process sends;
+    // info sees it waiting meanwhile.
+    let receiver = env
+        .cmd(&["recv", "jobs"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("a blocked receiver", || {
+        env.info("/jobs")["blocked_receivers"] == 1
+    });
+    env.ok(&["send", "jobs", "wake up"]);
+    let r = Run::from(wait_with_watchdog(receiver));
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (0, "wake up\n", "")
+    );
+
+    // And a blocked sender.
+    env.ok(&["create", "/small", "--capacity", "1"]);
+    env.ok(&["send", "/small", "first"]);
+    let sender = env
+        .cmd(&["send", "/small", "second"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("a blocked sender", || {
+        env.info("/small")["blocked_senders"] == 1
+    });
+    assert_eq!(env.ok(&["recv", "/small"]), "first\n");
+    assert_eq!(Run::from(wait_with_watchdog(sender)).code, 0);
+    assert_eq!(env.ok(&["recv", "/small"]), "second\n");
+}
+
+#[test]
+fn quiet_on_success() {
+    let env = Env::new("quiet");
+    for args in [
+        &["create", "/q"][..],
+        &["send", "/q", "x"],
+        &["purge", "/q"],
+        &["unlink", "/q"],
+    ] {
+        let r = env.run(args);
+        assert_eq!(
+            (r.code, r.stdout.as_str(), r.stderr.as_str()),
+            (0, "", ""),
+            "{args:?}"
+        );
+    }
+    let r = env.run(&["-v", "create", "/q"]);
+    assert!(r.stderr.starts_with("mqtool: /q: created"), "{r:?}");
+}
+
+#[test]
+fn priority_order() {
+    let env = Env::new("prio");
+    env.ok(&["create", "/p"]);
+    env.ok(&["send", "/p", "-p", "1", "a"]);
+    env.ok(&["send", "/p", "-p", "9", "b"]);
+    env.ok(&["send", "/p", "-p", "5", "c"]);
+    env.ok(&["send", "/p", "--priority", "9", "d", "e"]);
+    env.ok(&["send", "/p", "-p", "32767", "top"]);
+    assert_eq!(
+        env.ok(&["recv", "/p", "--all", "-p"]),
+        "32767\ttop\n9\tb\n9\td\n9\te\n5\tc\n1\ta\n"
+    );
+}
+
+#[test]
+fn payload_sources_and_formats() {
+    let env = Env::new("payload");
+    env.ok(&["create", "/m", "--max-msg-len", "64"]);
+    // One message per line (the last one without a newline too), empty
+    // lines are empty messages.
+    let r = env.run_stdin(&["send", "/m"], b"one\n\ntwo\nthree");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(env.info("/m")["current_messages"], 4);
+    assert_eq!(
+        env.ok(&["recv", "/m", "--count", "4"]),
+        "one\n\ntwo\nthree\n"
+    );
+    let r = env.run_stdin(&["send", "/m", "-"], b"x\ny\n");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(env.ok(&["recv", "/m", "-c", "2"]), "x\ny\n");
+
+    let r = env.run_stdin(&["send", "/m", "--whole"], b"line 1\nline 2\n");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        env.ok(&["recv", "/m", "--format", "hex"]),
+        "6c696e6520310a6c696e6520320a\n"
+    );
+
+    let file = env.dir.join("blob.bin");
+    std::fs::write(&file, b"\xff\x00\x01binary").unwrap();
+    env.ok(&["send", "/m", "--file", file.to_str().unwrap(), "-p", "3"]);
+    let msgs = env.json(&["recv", "/m", "--format", "json"]);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["type"], "message");
+    assert_eq!(msgs[0]["queue"], "/m");
+    assert_eq!(msgs[0]["priority"], 3);
+    assert_eq!(msgs[0]["len"], 9);
+    assert_eq!(msgs[0]["data"]["bytes"], "/wABYmluYXJ5");
+
+    env.ok(&["send", "/m", "héllo"]);
+    let msgs = env.json(&["--json", "recv", "/m"]);
+    assert_eq!(msgs[0]["data"], serde_json::json!({"text": "héllo"}));
+}
+
+#[test]
+fn peek_does_not_consume() {
+    let env = Env::new("peek");
+    env.ok(&["create", "/q"]);
+    env.ok(&["send", "/q", "-p", "2", "low"]);
+    env.ok(&["send", "/q", "-p", "7", "high"]);
+    let first = env.ok(&["peek", "/q", "-p"]);
+    assert_eq!(first, "7\thigh\n2\tlow\n");
+    assert_eq!(env.ok(&["peek", "/q", "-p"]), first);
+    assert_eq!(env.ok(&["peek", "/q", "--count", "1"]), "high\n");
+    let peeked = env.json(&["peek", "/q", "--json"]);
+    assert_eq!(peeked.len(), 2);
+    assert_eq!(peeked[1]["data"]["text"], "low");
+    assert_eq!(env.info("/q")["current_messages"], 2);
+    assert_eq!(env.ok(&["recv", "/q", "--all"]), "high\nlow\n");
+    assert_eq!(env.ok(&["peek", "/q"]), "");
+}
+
+#[test]
+fn info_json_numbers() {
+    let env = Env::new("info");
+    env.ok(&[
+        "create",
+        "/i",
+        "--capacity",
+        "20",
+        "--max-msg-len",
+        "128",
+        "--mode",
+        "0640",
+    ]);
+    for (p, n) in [("3", 2), ("100", 3), ("0", 1)] {
+        for _ in 0..n {
+            env.ok(&["send", "/i", "-p", p, "m"]);
+        }
+    }
+    env.ok(&["recv", "/i"]); // one of priority 100
+    let i = env.info("/i");
+    assert_eq!(i["type"], "queue");
+    assert_eq!(i["name"], "/i");
+    assert_eq!(i["capacity"], 20);
+    assert_eq!(i["max_msg_len"], 128);
+    assert_eq!(i["current_messages"], 5);
+    assert_eq!(
+        i["per_priority"],
+        serde_json::json!([{"priority": 100, "count": 2}, {"priority": 3, "count": 2}, {"priority": 0, "count": 1}])
+    );
+    assert_eq!(i["total_sent"], 6);
+    assert_eq!(i["total_received"], 1);
+    assert_eq!(i["blocked_senders"], 0);
+    assert_eq!(i["blocked_receivers"], 0);
+    assert_eq!(i["notify"], Value::Null);
+    assert_eq!(i["mode"], format!("{:04o}", 0o640 & !umask()));
+    assert_eq!(i["health"]["status"], "ok");
+    assert_eq!(i["version"], "1.0");
+    let path = PathBuf::from(i["path"].as_str().unwrap());
+    assert_eq!(path, env.dir.join("i"));
+    assert_eq!(i["file_size"], std::fs::metadata(&path).unwrap().len());
+
+    let text = env.ok(&["info", "/i"]);
+    for want in [
+        "messages:    5 of 20 (up to 128 bytes each)",
+        "by priority: 100: 2, 3: 2, 0: 1",
+        "health:      ok",
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+}
+
+/// The process umask, from /proc.
+fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    u32::from_str_radix(line.split_whitespace().nth(1).unwrap(), 8).unwrap()
+}
+
+/// Overwrites the state word of a queue file so that it no longer opens.
+fn corrupt(path: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&0xdead_beef_u32.to_ne_bytes(), 12).unwrap();
+}
+
+#[test]
+fn ls_lists_queues_hides_other_files_and_shows_corrupt_ones() {
+    let env = Env::new("ls");
+    assert_eq!(env.ok(&["ls"]), "");
+    env.ok(&["create", "/a", "--capacity", "5"]);
+    env.ok(&["create", "/b", "--capacity", "7", "--max-msg-len", "32"]);
+    env.ok(&["create", "/bad"]);
+    env.ok(&["send", "/b", "x", "y"]);
+    std::fs::write(env.dir.join("notes.txt"), b"not a queue at all").unwrap();
+    corrupt(&env.dir.join("bad"));
+
+    let rows = env.json(&["ls", "--json"]);
+    let names: Vec<_> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["/a", "/b", "/bad"]);
+    assert_eq!(rows[1]["current_messages"], 2);
+    assert_eq!(rows[1]["capacity"], 7);
+    assert_eq!(rows[1]["max_msg_len"], 32);
+    assert_eq!(rows[0]["mode"], format!("{:04o}", 0o600 & !umask()));
+    assert_eq!(rows[2]["error"]["errno"], "EBADMSG");
+    assert!(rows[2].get("capacity").is_none());
+
+    let table = env.ok(&["ls"]);
+    let lines: Vec<_> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    let header: Vec<_> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "DEPTH", "CAPACITY", "MSGSIZE", "MODE", "OWNER", "STATUS"
+        ]
+    );
+    let b: Vec<_> = lines[2].split_whitespace().collect();
+    assert_eq!(&b[..4], ["/b", "2", "7", "32"]);
+    assert_eq!(b[6], "ok");
+    assert!(
+        lines[3].starts_with("/bad")
+            && lines[3].contains("corrupted")
+            && lines[3].contains("(EBADMSG)")
+    );
+    env.run(&["info", "/bad"]).assert_error("/bad", "EBADMSG");
+}
+
+#[test]
+fn recv_nonblock_on_empty_exits_1_quietly() {
+    let env = Env::new("empty");
+    env.ok(&["create", "/e"]);
+    let r = env.run(&["recv", "/e", "--nonblock"]);
+    assert_eq!((r.code, r.stdout.as_str(), r.stderr.as_str()), (1, "", ""));
+    let r = env.run(&["recv", "/e", "--all"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    // Fewer than asked for: what came is printed, the status says 1.
+    env.ok(&["send", "/e", "a", "b"]);
+    let r = env.run(&["recv", "/e", "-c", "3", "-n"]);
+    assert_eq!((r.code, r.stdout.as_str()), (1, "a\nb\n"));
+}
+
+#[test]
+fn recv_timeout_exits_1() {
+    let env = Env::new("timeout");
+    env.ok(&["create", "/t"]);
+    let start = Instant::now();
+    let r = env.run(&["recv", "/t", "--timeout", "200ms"]);
+    assert_eq!((r.code, r.stdout.as_str(), r.stderr.as_str()), (1, "", ""));
+    assert!(
+        start.elapsed() >= Duration::from_millis(190),
+        "{:?}",
+        start.elapsed()
+    );
+    let r = env.run(&["-v", "recv", "/t", "-t", "10ms"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("(ETIMEDOUT)"), "{r:?}");
+    env.ok(&["send", "/t", "late"]);
+    assert_eq!(env.ok(&["recv", "/t", "-t", "1s"]), "late\n");
+}
+
+#[test]
+fn send_to_full_queue_exits_1_with_eagain() {
+    let env = Env::new("full");
+    env.ok(&["create", "/f", "--capacity", "2"]);
+    let r = env.run(&["send", "/f", "--nonblock", "1", "2", "3"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(
+        r.stderr,
+        "mqtool: /f: queue is full, after 2 messages were sent (EAGAIN)\n"
+    );
+    let r = env.run(&["send", "/f", "--timeout", "50ms", "x"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .starts_with("mqtool: /f: queue still full after 50ms (ETIMEDOUT)"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn errors_exit_2_naming_queue_and_errno() {
+    let env = Env::new("errors");
+    env.ok(&["create", "/q", "--max-msg-len", "8"]);
+    env.run(&["info", "/missing"])
+        .assert_error("/missing", "ENOENT");
+    env.run(&["send", "/missing", "x"])
+        .assert_error("/missing", "ENOENT");
+    env.run(&["recv", "missing"])
+        .assert_error("/missing", "ENOENT");
+    env.run(&["peek", "/missing"])
+        .assert_error("/missing", "ENOENT");
+    env.run(&["purge", "/missing"])
+        .assert_error("/missing", "ENOENT");
+    env.run(&["watch", "/missing", "-c", "1"])
+        .assert_error("/missing", "ENOENT");
+    env.run(&["unlink", "/missing"])
+        .assert_error("/missing", "ENOENT");
+    assert_eq!(env.run(&["unlink", "-f", "/missing"]).code, 0);
+
+    env.run(&["send", "/q", "-p", "32768", "x"])
+        .assert_error("/q", "EINVAL");
+    env.run(&["send", "/q", "-p", "4000000000", "x"])
+        .assert_error("/q", "EINVAL");
+    env.run(&["create", "/zero", "--capacity", "0"])
+        .assert_error("/zero", "EINVAL");
+    env.run(&["create", "/zero", "--max-msg-len", "0"])
+        .assert_error("/zero", "EINVAL");
+    env.run(&["send", "/q", "123456789"])
+        .assert_error("/q", "EMSGSIZE");
+    let r = env.run_stdin(&["send", "/q"], b"short\nmuch too long\n");
+    r.assert_error("/q", "EMSGSIZE");
+    assert!(r.stderr.contains("line 2: message of 13 bytes"), "{r:?}");
+    env.run(&["create", "/q", "--exclusive"])
+        .assert_error("/q", "EEXIST");
+
+    env.run(&["info", "/a/b"]).assert_error("/a/b", "EACCES");
+    env.run(&["create", ".."]).assert_error("/..", "EACCES");
+    env.run(&["send", &"n".repeat(256), "x"])
+        .assert_error(&format!("/{}", "n".repeat(256)), "ENAMETOOLONG");
+    let r = env.run(&["info", "/"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("(ENOENT)"), "{r:?}");
+
+    // A file in the queue directory that is not a queue.
+    std::fs::write(env.dir.join("plain"), vec![b'x'; 100_000]).unwrap();
+    env.run(&["info", "/plain"])
+        .assert_error("/plain", "EBADMSG");
+    env.run(&["send", "/plain", "x"])
+        .assert_error("/plain", "EBADMSG");
+    env.run(&["recv", "/plain"])
+        .assert_error("/plain", "EBADMSG");
+    env.run(&["peek", "/plain"])
+        .assert_error("/plain", "EBADMSG");
+    env.run(&["create", "/plain"])
+        .assert_error("/plain", "EBADMSG");
+    env.run(&["unlink", "/plain"])
+        .assert_error("/plain", "EBADMSG");
+    assert!(
+        env.dir.join("plain").exists(),
+        "unlink must not remove a file that is not a queue"
+    );
+    std::fs::create_dir(env.dir.join("sub")).unwrap();
+    env.run(&["info", "/sub"]).assert_error("/sub", "EISDIR");
+    env.run(&["unlink", "/sub"]).assert_error("/sub", "EBADMSG");
+    assert!(env.dir.join("sub").is_dir());
+
+    // A file that is not a file at all, for --file.
+    let r = env.run(&["send", "/q", "--file", "/nonexistent/file"]);
+    r.assert_error("/nonexistent/file", "ENOENT");
+
+    // A queue directory that does not exist.
+    let r = Run::from(
+        Command::new(BIN)
+            .args(["--dir", "/nonexistent/dir", "info", "/q"])
+            .output()
+            .unwrap(),
+    );
+    r.assert_error("/q", "ENOENT");
+    assert!(
+        r.stderr.contains("/nonexistent/dir does not exist"),
+        "{r:?}"
+    );
+
+    // Usage errors are clap's, with status 2 too.
+    assert_eq!(env.run(&["recv"]).code, 2);
+    assert_eq!(env.run(&["recv", "/q", "-n", "-t", "1s"]).code, 2);
+    assert_eq!(env.run(&["send", "/q", "-t", "soon", "x"]).code, 2);
+    assert_eq!(env.run(&["frobnicate"]).code, 2);
+}
+
+#[test]
+fn permission_denied_for_another_user() {
+    if !nix_is_root() {
+        eprintln!(
+            "SKIPPED permission_denied_for_another_user: needs root to run mqtool as uid 65534"
+        );
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let env = Env::new("perm");
+    env.ok(&["create", "/private", "--mode", "0600"]);
+    env.ok(&["send", "/private", "secret"]);
+    // The binary may live where uid 65534 cannot reach: use a copy.
+    let bin = env.dir.join("mqtool");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody = |args: &[&str]| -> Run {
+        let mut c = Command::new(&bin);
+        c.args(args)
+            .env("SHMQ_DIR", &env.dir)
+            .uid(65534)
+            .gid(65534)
+            .current_dir("/");
+        Run::from(c.output().unwrap())
+    };
+    nobody(&["send", "/private", "x"]).assert_error("/private", "EACCES");
+    nobody(&["recv", "/private", "-n"]).assert_error("/private", "EACCES");
+    nobody(&["info", "/private"]).assert_error("/private", "EACCES");
+    nobody(&["peek", "/private"]).assert_error("/private", "EACCES");
+    nobody(&["purge", "/private"]).assert_error("/private", "EACCES");
+    nobody(&["create", "/mine"]).assert_error("/mine", "EACCES");
+    let ls = nobody(&["--json", "ls"]);
+    assert_eq!(ls.code, 0, "{ls:?}");
+    assert!(ls.stdout.contains("\"errno\":\"EACCES\""), "{ls:?}");
+    assert_eq!(env.ok(&["recv", "/private"]), "secret\n");
+}
+
+fn nix_is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        == Some("0")
+}
+
+#[test]
+fn purge_and_unlink() {
+    let env = Env::new("purge");
+    env.ok(&["create", "/p"]);
+    env.ok(&["send", "/p", "a", "b", "c"]);
+    let purged = env.json(&["--json", "purge", "/p"]);
+    assert_eq!(
+        purged[0],
+        serde_json::json!({"type": "purged", "queue": "/p", "messages": 3})
+    );
+    assert_eq!(env.info("/p")["current_messages"], 0);
+    let r = env.run(&["-v", "purge", "/p"]);
+    assert_eq!(r.stderr, "mqtool: /p: purged 0 messages\n");
+
+    env.ok(&["create", "/other"]);
+    env.ok(&["unlink", "/p", "other"]);
+    assert_eq!(env.ok(&["ls"]), "");
+    // One bad name does not stop the others.
+    env.ok(&["create", "/x"]);
+    let r = env.run(&["unlink", "/gone", "/x"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("/gone: no such queue"), "{r:?}");
+    assert!(!env.dir.join("x").exists());
+}
+
+#[test]
+fn dir_option_wins_over_environment() {
+    let env = Env::new("dir-env");
+    let other = Env::new("dir-opt");
+    let d = other.dir.to_str().unwrap();
+    env.ok(&["--dir", d, "create", "/here"]);
+    env.ok(&["send", "/here", "--dir", d, "hi"]);
+    assert!(other.dir.join("here").exists());
+    assert_eq!(env.ok(&["ls"]), "");
+    assert_eq!(env.ok(&["recv", "/here", "--dir", d]), "hi\n");
+}
+
+#[test]
+fn watch_prints_samples() {
+    let env = Env::new("watch");
+    env.ok(&["create", "/w", "--capacity", "50"]);
+    env.ok(&["send", "/w", "a", "b", "c"]);
+    let start = Instant::now();
+    let out = env.ok(&["watch", "/w", "--count", "2", "--interval", "100ms"]);
+    assert!(start.elapsed() >= Duration::from_millis(90));
+    let lines: Vec<_> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let header: Vec<_> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "ELAPSED",
+            "DEPTH",
+            "CAPACITY",
+            "SENT/S",
+            "RECEIVED/S",
+            "SENDERS",
+            "RECEIVERS"
+        ]
+    );
+    let first: Vec<_> = lines[1].split_whitespace().collect();
+    assert_eq!(&first[1..], ["3", "50", "-", "-", "0", "0"]);
+    let second: Vec<_> = lines[2].split_whitespace().collect();
+    assert_eq!(second.len(), 7);
+    assert!(
+        second[3].parse::<f64>().is_ok() && second[4].parse::<f64>().is_ok(),
+        "{out}"
+    );
+
+    // Rates come from the totals: send while watching.
+    let watcher = env
+        .cmd(&["--json", "watch", "/w", "-c", "3", "-i", "300ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    env.ok(&["send", "/w", "1", "2", "3", "4"]);
+    env.ok(&["recv", "/w", "-c", "2"]);
+    let r = Run::from(wait_with_watchdog(watcher));
+    assert_eq!(r.code, 0, "{r:?}");
+    let samples: Vec<Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(samples.len(), 3);
+    assert_eq!(samples[0]["type"], "sample");
+    assert_eq!(samples[0]["sent_per_sec"], Value::Null);
+    let last = &samples[2];
+    assert_eq!(last["current_messages"], 5);
+    assert_eq!(last["total_sent"], 7);
+    assert_eq!(last["total_received"], 2);
+    let sent: f64 = samples[1..]
+        .iter()
+        .map(|s| s["sent_per_sec"].as_f64().unwrap())
+        .sum();
+    assert!(sent > 0.0, "{samples:?}");
+}
+
+#[test]
+fn bench_quick_prints_the_table() {
+    let env = Env::new("bench");
+    let r = env.run(&["bench", "--quick"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let lines: Vec<_> = r.stdout.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("CASE"))
+        .expect("a table header");
+    for col in ["SHMQ", "KERNEL MQ", "SPEED-UP"] {
+        assert!(lines[header].contains(col), "{col} in {}", lines[header]);
+    }
+    let rows = &lines[header + 1..header + 5];
+    for (row, case) in rows
+        .iter()
+        .zip(["pair", "ping-pong", "depth 10", "depth 256"])
+    {
+        assert!(row.contains(case), "{case} in {row}");
+        assert!(row.ends_with('x'), "{row}");
+        assert!(
+            row.contains("ns") || row.contains("µs") || row.contains("msg/s"),
+            "{row}"
+        );
+    }
+    assert!(
+        r.stderr.contains("mqtool bench:"),
+        "progress on stderr: {r:?}"
+    );
+    assert!(
+        std::fs::read_dir(&env.dir).unwrap().next().is_none(),
+        "bench leaves no queue behind"
+    );
+
+    let rows = env.json(&["--json", "bench", "--quick", "--quiet", "--reps", "1"]);
+    let cases: Vec<_> = rows.iter().map(|r| r["case"].as_str().unwrap()).collect();
+    assert_eq!(cases, ["pair", "pingpong", "stream-10", "stream-256"]);
+    for row in &rows {
+        assert_eq!(row["type"], "bench");
+        assert!(
+            row["shmq"].as_f64().unwrap() > 0.0 && row["kernel"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+        assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row}");
+    }
+}
+
+#[test]
+fn broken_pipe_exits_quietly() {
+    let env = Env::new("pipe");
+    env.ok(&[
+        "create",
+        "/big",
+        "--capacity",
+        "2000",
+        "--max-msg-len",
+        "100",
+    ]);
+    let many: String = (0..2000).map(|i| format!("message number {i}\n")).collect();
+    assert_eq!(env.run_stdin(&["send", "/big"], many.as_bytes()).code, 0);
+    for args in [
+        &["peek", "/big"][..],
+        &["recv", "/big", "--all"],
+        &["--json", "ls"],
+    ] {
+        let mut child = env
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader goes away at once
+        let r = Run::from(wait_with_watchdog(child));
+        assert_eq!((r.code, r.stderr.as_str()), (0, ""), "{args:?}");
+    }
+}
+
+#[test]
+fn help_completions_and_man_page() {
+    let env = Env::new("help");
+    let help = env.ok(&["--help"]);
+    for want in [
+        "Examples:",
+        "Exit status:",
+        "JSON Lines",
+        "\"bytes\"",
+        "--dir",
+        "watch",
+        "bench",
+    ] {
+        assert!(help.contains(want), "{want} in --help");
+    }
+    for sub in [
+        "create", "send", "recv", "peek", "info", "ls", "unlink", "purge", "watch", "bench",
+    ] {
+        assert!(
+            env.ok(&[sub, "--help"]).contains("Examples:"),
+            "{sub} --help has examples"
+        );
+    }
+    for (shell, want) in [
+        ("bash", "_mqtool()"),
+        ("zsh", "#compdef mqtool"),
+        ("fish", "complete -c mqtool"),
+    ] {
+        let script = env.ok(&["completions", shell]);
+        assert!(script.contains(want), "{shell}: {want}");
+        assert!(script.contains("watch"), "{shell} completes subcommands");
+    }
+    let man = env.ok(&["man"]);
+    assert!(man.contains(".TH mqtool 1") && man.contains(".SH NAME") && man.contains("JSON Lines"));
+    assert!(env.ok(&["man", "recv"]).contains(".TH mqtool-recv 1"));
+    env.run(&["man", "nope"]).assert_error_plain();
+}
+
+impl Run {
+    fn assert_error_plain(&self) {
+        assert_eq!(self.code, 2, "{self:?}");
+        assert!(self.stderr.starts_with("mqtool: "), "{self:?}");
+    }
+}
