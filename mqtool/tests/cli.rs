@@ -500,7 +500,7 @@ fn errors_exit_2_naming_queue_and_errno() {
         "unlink must not remove a file that is not a queue"
     );
     std::fs::create_dir(env.dir.join("sub")).unwrap();
-    env.run(&["info", "/sub"]).assert_error("/sub", "EISDIR");
+    env.run(&["info", "/sub"]).assert_error("/sub", "EBADMSG");
     env.run(&["unlink", "/sub"]).assert_error("/sub", "EBADMSG");
     assert!(env.dir.join("sub").is_dir());
 
