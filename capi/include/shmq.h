@@ -119,7 +119,8 @@ ssize_t shmq_timedreceive(mqd_t mqdes,
 /*
  `mq_notify(mqdes, sevp)`: `SIGEV_NONE`, `SIGEV_SIGNAL` (with `si_code ==
  SI_MESGQ`) and `SIGEV_THREAD` (the function runs in a new detached
- thread; of the thread attributes, the stack size is honoured); NULL
+ thread; of the thread attributes, the stack and guard sizes are
+ honoured); NULL
  removes this process's registration.
 
  # Safety

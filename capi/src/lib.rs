@@ -57,16 +57,23 @@ extern "C" fn fork_prepare() {
     unsafe { libc::pthread_rwlock_wrlock(TABLE.lock.get()) };
 }
 
-extern "C" fn fork_release() {
-    // SAFETY: fork_prepare took the lock in this thread (parent), or in the
-    // thread the child is a copy of.
+extern "C" fn fork_parent() {
+    // SAFETY: fork_prepare took the lock in this thread.
     unsafe { libc::pthread_rwlock_unlock(TABLE.lock.get()) };
+}
+
+extern "C" fn fork_child() {
+    // The child's thread has a new thread id, so glibc would not recognise it
+    // as the writer: start from a fresh lock instead of unlocking. The child
+    // has a single thread, so nobody else can be using it.
+    // SAFETY: writing the initial value over a lock no thread holds.
+    unsafe { TABLE.lock.get().write(libc::PTHREAD_RWLOCK_INITIALIZER) };
 }
 
 fn register_atfork() {
     ATFORK.call_once(|| {
         // SAFETY: the handlers only lock and unlock the table's rwlock.
-        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release)) };
+        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
     });
 }
 
@@ -401,7 +408,9 @@ unsafe fn bytes_mut<'a>(p: *mut c_char, len: size_t) -> Result<&'a mut [u8], Err
 struct ThreadNotify {
     function: extern "C" fn(libc::sigval),
     value: usize,
-    stack_size: Option<size_t>,
+    /// Stack and guard size from `sigev_notify_attributes`, read at
+    /// registration (the caller may destroy its attributes afterwards).
+    sizes: Option<(size_t, size_t)>,
 }
 
 /// glibc's `struct sigevent`: the `_sigev_thread` member of the union.
@@ -425,7 +434,7 @@ impl ThreadNotify {
             });
             std::ptr::null_mut()
         }
-        let stack = self.stack_size;
+        let sizes = self.sizes;
         let arg = Box::into_raw(Box::new(self));
         // SAFETY: attr is initialised before use and destroyed after;
         // pthread_create gets a valid start routine and argument.
@@ -433,8 +442,9 @@ impl ThreadNotify {
             let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
             libc::pthread_attr_init(attr.as_mut_ptr());
             libc::pthread_attr_setdetachstate(attr.as_mut_ptr(), libc::PTHREAD_CREATE_DETACHED);
-            if let Some(s) = stack {
-                libc::pthread_attr_setstacksize(attr.as_mut_ptr(), s);
+            if let Some((stack, guard)) = sizes {
+                libc::pthread_attr_setstacksize(attr.as_mut_ptr(), stack);
+                libc::pthread_attr_setguardsize(attr.as_mut_ptr(), guard);
             }
             let mut tid = std::mem::MaybeUninit::<libc::pthread_t>::uninit();
             if libc::pthread_create(tid.as_mut_ptr(), attr.as_ptr(), run, arg.cast()) != 0 {
@@ -447,7 +457,8 @@ impl ThreadNotify {
 
 /// `mq_notify(mqdes, sevp)`: `SIGEV_NONE`, `SIGEV_SIGNAL` (with `si_code ==
 /// SI_MESGQ`) and `SIGEV_THREAD` (the function runs in a new detached
-/// thread; of the thread attributes, the stack size is honoured); NULL
+/// thread; of the thread attributes, the stack and guard sizes are
+/// honoured); NULL
 /// removes this process's registration.
 ///
 /// # Safety
@@ -470,16 +481,19 @@ pub unsafe extern "C" fn shmq_notify(mqdes: mqd_t, sevp: *const sigevent) -> c_i
                 // SAFETY: glibc's sigevent holds _sigev_thread at this layout.
                 let t = unsafe { &*sevp.cast::<SigEventThread>() };
                 let function = t.function.ok_or(Errno::EINVAL)?;
-                let stack_size = (!t.attributes.is_null()).then(|| {
-                    let mut s: size_t = 0;
+                let sizes = (!t.attributes.is_null()).then(|| {
+                    let (mut stack, mut guard): (size_t, size_t) = (0, 0);
                     // SAFETY: the caller passes initialised attributes.
-                    unsafe { libc::pthread_attr_getstacksize(t.attributes, &mut s) };
-                    s
+                    unsafe {
+                        libc::pthread_attr_getstacksize(t.attributes, &mut stack);
+                        libc::pthread_attr_getguardsize(t.attributes, &mut guard);
+                    }
+                    (stack, guard)
                 });
                 let notify = ThreadNotify {
                     function,
                     value: t.sigev_value,
-                    stack_size,
+                    sizes,
                 };
                 mqueue::mq_notify_deliver(&mq, Box::new(move || notify.start())).map(|()| 0)
             }
