@@ -836,6 +836,15 @@ impl Handle {
         })
     }
 
+    /// A handle owning `fd` (a duplicate of this handle's descriptor) and
+    /// sharing this handle's open description.
+    pub fn with_fd(&self, fd: OwnedFd) -> Handle {
+        Handle {
+            fd,
+            desc: self.desc.clone(),
+        }
+    }
+
     /// The file descriptor of the queue file held by this handle.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

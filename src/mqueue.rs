@@ -64,6 +64,16 @@ impl MqdT {
     }
 }
 
+impl MqdT {
+    /// A descriptor for `fd`, a duplicate (`dup`, `F_DUPFD`) of this one's
+    /// file descriptor made outside this library: it shares this open
+    /// description. For the C API, which meets such duplicates.
+    #[doc(hidden)]
+    pub fn __adopt_duplicate(&self, fd: std::os::fd::OwnedFd) -> MqdT {
+        MqdT(self.0.with_fd(fd))
+    }
+}
+
 /// The descriptor is a real file descriptor: the queue file's, close-on-exec.
 /// It identifies the queue but is not pollable for messages.
 impl AsFd for MqdT {

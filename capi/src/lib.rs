@@ -78,16 +78,63 @@ fn register_atfork() {
 }
 
 /// The descriptor for `fd`, if it is an open shmq descriptor.
+#[inline]
 fn lookup(fd: mqd_t) -> Result<Arc<MqdT>, Errno> {
     let idx = usize::try_from(fd).map_err(|_| Errno::EBADF)?;
     // SAFETY: shared lock around a read of the table.
-    unsafe {
+    let found = unsafe {
         libc::pthread_rwlock_rdlock(TABLE.lock.get());
         let slots = &*TABLE.slots.get();
         let found = slots.get(idx).and_then(Option::clone);
         libc::pthread_rwlock_unlock(TABLE.lock.get());
-        found.ok_or(Errno::EBADF)
+        found
+    };
+    match found {
+        Some(mq) => Ok(mq),
+        None => adopt_duplicate(fd),
     }
+}
+
+/// `fd` is not in the table, but may be a `dup` of a descriptor that is
+/// (programs that treat `mqd_t` as a file descriptor do that): if it refers
+/// to the same open file description as a known descriptor (`kcmp`), it
+/// becomes a descriptor of the same queue, sharing its `O_NONBLOCK`.
+#[cold]
+fn adopt_duplicate(fd: mqd_t) -> Result<Arc<MqdT>, Errno> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: fcntl(F_GETFD) only asks whether fd is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(Errno::EBADF);
+    }
+    let pid = std::process::id() as libc::pid_t;
+    let idx = fd as usize;
+    // Find and insert under one write lock, so two threads cannot adopt the
+    // same descriptor twice.
+    with_table_mut(|t| {
+        if let Some(Some(mq)) = t.get(idx) {
+            return Ok(mq.clone());
+        }
+        let original = t
+            .iter()
+            .flatten()
+            .find(|mq| {
+                // SAFETY: kcmp only compares two descriptors of this process.
+                let r = unsafe {
+                    libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, fd, mq.as_raw_fd())
+                };
+                r == 0
+            })
+            .ok_or(Errno::EBADF)?;
+        // SAFETY: fd is open and, from now on, owned by the new descriptor
+        // (as any descriptor passed to shmq_close is).
+        let adopted = Arc::new(original.__adopt_duplicate(unsafe { OwnedFd::from_raw_fd(fd) }));
+        if t.len() <= idx {
+            t.resize(idx + 1, None);
+        }
+        t[idx] = Some(adopted.clone());
+        Ok(adopted)
+    })
 }
 
 fn with_table_mut<T>(f: impl FnOnce(&mut Vec<Option<Arc<MqdT>>>) -> T) -> T {

@@ -37,7 +37,11 @@ fn build_libraries() -> PathBuf {
 }
 
 fn sources() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
+    sources_in("tests/c")
+}
+
+fn sources_in(sub: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(sub);
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .flatten()
@@ -201,6 +205,55 @@ fn c_tests_pass_against_the_kernel_libshmq_the_compat_header_and_the_drop_in() {
     }
     let _ = std::fs::remove_dir_all(&queue_dir);
     eprintln!("{}", report.join("\n"));
+}
+
+/// shmq's own descriptor rules (`tests/c_shmq/`), which go beyond POSIX:
+/// EBADF for ordinary file descriptors and arbitrary numbers, and
+/// `shmq_close` never closing what it does not own. Calls the `shmq_*`
+/// names; linked statically and dynamically.
+#[test]
+fn c_tests_of_shmq_descriptor_rules() {
+    let libdir = build_libraries();
+    let build = libdir.join("c-tests");
+    std::fs::create_dir_all(&build).unwrap();
+    let queue_dir = std::env::temp_dir().join(format!("shmq-c-desc-{}", std::process::id()));
+    std::fs::create_dir_all(&queue_dir).unwrap();
+    let sys = ["-lpthread", "-ldl", "-lm", "-lrt"].map(String::from);
+    let variants = [
+        Variant {
+            name: "libshmq.a",
+            flags: vec![],
+            libs: [
+                vec![libdir.join("libshmq.a").display().to_string()],
+                sys.to_vec(),
+            ]
+            .concat(),
+            preload: false,
+        },
+        Variant {
+            name: "libshmq.so",
+            flags: vec![],
+            libs: [
+                vec![
+                    format!("-L{}", libdir.display()),
+                    "-lshmq".into(),
+                    format!("-Wl,-rpath,{}", libdir.display()),
+                ],
+                sys.to_vec(),
+            ]
+            .concat(),
+            preload: false,
+        },
+    ];
+    for v in &variants {
+        for src in sources_in("tests/c_shmq") {
+            let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
+            let bin = build.join(format!("{stem}-{}", v.name.replace('.', "_")));
+            compile(&src, &bin, v);
+            run(&bin, v, &libdir, &queue_dir);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&queue_dir);
 }
 
 /// The drop-in really replaces the kernel: a queue of 1000 messages, which

@@ -54,6 +54,16 @@ int main(void) {
     CHECK(mq_receive(ro, buf, sizeof buf, &prio) == -1 && errno == EAGAIN);
     errno = 0;
     CHECK(mq_close(-1) == -1 && errno == EBADF);
+    /* Linux descriptors are file descriptors: a dup works and shares the
+     * open description (O_NONBLOCK); an ordinary file descriptor does not. */
+    int dupd = fcntl(ro, F_DUPFD_CLOEXEC, 0);
+    CHECK(dupd >= 0);
+    CHECK(mq_getattr(dupd, &now) == 0 && (now.mq_flags & O_NONBLOCK) && now.mq_maxmsg == 4);
+    CHECK(mq_close(dupd) == 0);
+    int plain = open("/dev/null", O_RDONLY);
+    errno = 0;
+    CHECK(mq_getattr(plain, &now) == -1 && errno == EBADF);
+    close(plain);
     CHECK(mq_unlink(name) == 0);
     CHECK(mq_send(q, "after", 5, 2) == 0);
     CHECK(mq_receive(ro, buf, sizeof buf, &prio) == 5 && prio == 2);
