@@ -618,6 +618,15 @@ impl HeapRegion {
     pub fn region(&self) -> &Region {
         &self.region
     }
+
+    /// Opens the same bytes again, as another process mapping the file
+    /// would: the header is validated anew.
+    pub fn reopen(&mut self) -> Result<(), HeaderError> {
+        // SAFETY: the buffer is still owned by self, aligned and of the
+        // region's length.
+        self.region = unsafe { Region::open(self._buf.as_ptr(), self._buf.len()) }?;
+        Ok(())
+    }
 }
 
 /// A zeroed, page-aligned heap buffer that can stand in for a mapping in

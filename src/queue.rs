@@ -638,39 +638,45 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
         #[test]
-        fn matches_model(ops in proptest::collection::vec((0u8..4, 0u32..6, 0usize..9), 1..300)) {
-            let hr = region(5, 8);
-        let r = hr.region();
+        fn matches_model(ops in proptest::collection::vec((0u8..5, 0u32..6, 0usize..9), 1..300)) {
+            let mut hr = region(5, 8);
             let mut model: BTreeMap<u32, VecDeque<Vec<u8>>> = BTreeMap::new();
             let mut n = 0u32;
             for (op, prio, len) in ops {
                 let count: usize = model.values().map(VecDeque::len).sum();
                 match op {
                     0 | 1 => {
-                        // Priorities spread over the whole range.
+                        // Priorities spread over the whole range; a send on
+                        // a full queue must be refused.
                         let prio = prio * 6553;
                         n += 1;
                         let mut msg = n.to_le_bytes().to_vec();
                         msg.resize(len.min(8), 0xab);
-                        let ok = send(r, prio, &msg);
+                        let ok = send(hr.region(), prio, &msg);
                         proptest::prop_assert_eq!(ok, count < 5);
                         if ok {
                             model.entry(prio).or_default().push_back(msg);
                         }
                     }
                     2 => {
+                        // A receive on an empty queue must find nothing.
                         let want = model.iter_mut().next_back().map(|(p, q)| (*p, q.pop_front().unwrap()));
                         model.retain(|_, q| !q.is_empty());
-                        proptest::prop_assert_eq!(recv(r), want);
+                        proptest::prop_assert_eq!(recv(hr.region()), want);
+                    }
+                    3 => {
+                        // Reopen: another mapping of the same bytes.
+                        hr.reopen().unwrap();
                     }
                     _ => {
-                        // "Reopen": a repair must preserve everything.
-                        rebuild(r, &mut |_, _| false);
+                        // A repair must preserve everything.
+                        rebuild(hr.region(), &mut |_, _| false);
                     }
                 }
                 let count: usize = model.values().map(VecDeque::len).sum();
-                proptest::prop_assert_eq!(r.header().lock.curmsgs.load(Relaxed), count as u64);
-                proptest::prop_assert_eq!(r.header().lock.nfree.load(Relaxed), 5 - count as u64);
+                let h = hr.region().header();
+                proptest::prop_assert_eq!(h.lock.curmsgs.load(Relaxed), count as u64);
+                proptest::prop_assert_eq!(h.lock.nfree.load(Relaxed), 5 - count as u64);
             }
         }
     }
