@@ -267,8 +267,12 @@ EOF
 
     local skips=() t
     for t in $POSIXMQ_KNOWN_STD_FAILURES; do skips+=(--skip "$t"); done
-    # os_errors::{default,custom}_permissions look at /dev/mqueue/NAME.
-    if ! grep -q ' /dev/mqueue mqueue ' /proc/mounts; then
+    # os_errors::{default,custom}_permissions look at /dev/mqueue/NAME, the
+    # kernel's mqueue file system: a preloaded implementation has no file there.
+    if [ -n "$PRELOAD" ]; then
+        note "posixmq: preload: skipping default_permissions, custom_permissions (they stat /dev/mqueue/NAME)"
+        skips+=(--skip default_permissions --skip custom_permissions)
+    elif ! grep -q ' /dev/mqueue mqueue ' /proc/mounts; then
         if [ "$(id -u)" = 0 ] && mkdir -p /dev/mqueue && mount -t mqueue mqueue /dev/mqueue 2>/dev/null; then
             note "posixmq: mounted the mqueue file system on /dev/mqueue"
         else
@@ -411,6 +415,13 @@ suite_glibc() {
         args=()
         # tst-mqueue7 re-executes itself to check that exec closes mq descriptors.
         [ "$n" = 7 ] && args=(-- "$exe")
+        # tst-mqueue8 pthread_cancels threads blocked in mq_receive and
+        # mq_send: shmq's blocking calls are not cancellation points (the
+        # wait is a futex in shared memory, not a glibc cancellable syscall).
+        if [ -n "$PRELOAD" ] && [ "$n" = 8 ]; then
+            S=$((S + 1)); echo "tst-mqueue8: SKIPPED under the preload (blocked shmq calls are not cancellation points)"
+            continue
+        fi
         with_preload timeout 300 "$exe" "${args[@]}" >"$log" 2>&1
         rc=$?
         case $rc in
