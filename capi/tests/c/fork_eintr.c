@@ -11,7 +11,6 @@
 #endif
 #include "mqtest.h"
 
-#include <poll.h>
 #include <pthread.h>
 
 static volatile sig_atomic_t handled;
@@ -31,31 +30,6 @@ static void install_handler(void)
     sa.sa_handler = on_sigusr1;
     sa.sa_flags = 0;
     sigaction(SIGUSR1, &sa, NULL);
-}
-
-static long curmsgs(mqd_t q)
-{
-    struct mq_attr a;
-    if (!CHECK_OK(mq_getattr(q, &a)))
-        return -1;
-    return a.mq_curmsgs;
-}
-
-/* ---- a pipe for "I am about to block" ----------------------------------- */
-
-static void say_ready(int fd)
-{
-    char c = 'r';
-    if (write(fd, &c, 1) != 1)
-        _exit(98);
-}
-
-/* Wait up to 10 s for the peer's byte. */
-static int wait_ready(int fd)
-{
-    struct pollfd p = { fd, POLLIN, 0 };
-    char c;
-    return poll(&p, 1, 10000) == 1 && read(fd, &c, 1) == 1;
 }
 
 /* ---- fork --------------------------------------------------------------- */
@@ -79,7 +53,7 @@ static void test_fork_inherits_descriptor(void)
         mqt_child_exit();
     }
     CHECK_EQ(mqt_wait_child(pid, 10000), 0);
-    CHECK_EQ(curmsgs(q), 1);
+    CHECK_EQ(mqt_curmsgs(q), 1);
     CHECK_EQ(mq_receive(q, buf, sizeof buf, &prio), 10);
     CHECK(memcmp(buf, "from-child", 10) == 0);
     CHECK_EQ(prio, 2);
@@ -143,7 +117,7 @@ static void test_child_close_keeps_parent(void)
     }
     CHECK_EQ(mqt_wait_child(pid, 10000), 0);
     CHECK_OK(mq_send(q, "p", 1, 0));
-    CHECK_EQ(curmsgs(q), 2);
+    CHECK_EQ(mqt_curmsgs(q), 2);
     CHECK_EQ(mq_receive(q, buf, sizeof buf, NULL), 1);
     CHECK_EQ(buf[0], 'c');
     CHECK_EQ(mq_receive(q, buf, sizeof buf, NULL), 1);
@@ -173,13 +147,13 @@ static void receive_woken_by_other_process(int own_open)
         mqd_t r = q;
         if (own_open)
             CHECK_OK(r = mq_open(name, O_RDONLY));
-        say_ready(fds[1]);
+        mqt_say_ready(fds[1]);
         CHECK_EQ(mq_receive(r, buf, sizeof buf, &prio), 4);
         CHECK(memcmp(buf, "ping", 4) == 0);
         CHECK_EQ(prio, 9);
         mqt_child_exit();
     }
-    if (CHECK(wait_ready(fds[0]))) {
+    if (CHECK(mqt_wait_ready(fds[0]))) {
         mqt_wait_blocked(pid);
         CHECK_OK(mq_send(q, "ping", 4, 9));
     }
@@ -240,13 +214,13 @@ static void test_send_woken_by_other_process(void)
     if (pid == 0) {
         mqd_t w;
         CHECK_OK(w = mq_open(name, O_WRONLY));
-        say_ready(fds[1]);
+        mqt_say_ready(fds[1]);
         CHECK_OK(mq_send(w, "second", 6, 2));
         mqt_child_exit();
     }
-    if (CHECK(wait_ready(fds[0]))) {
+    if (CHECK(mqt_wait_ready(fds[0]))) {
         mqt_wait_blocked(pid);
-        CHECK_EQ(curmsgs(q), 1); /* the child has not got in */
+        CHECK_EQ(mqt_curmsgs(q), 1); /* the child has not got in */
         CHECK_EQ(mq_receive(q, buf, sizeof buf, &prio), 5);
         CHECK(memcmp(buf, "first", 5) == 0);
     }
@@ -304,7 +278,7 @@ static void test_many_processes(void)
         CHECK_EQ(next[k], XP_PER_SENDER);
         CHECK_EQ(mqt_wait_child(pids[k], 10000), 0);
     }
-    CHECK_EQ(curmsgs(q), 0);
+    CHECK_EQ(mqt_curmsgs(q), 0);
     CHECK_OK(mq_close(q));
     mqt_unlink(name);
 }
@@ -359,6 +333,31 @@ static void unblock(mqd_t q, enum op op)
         mq_receive(q, buf, sizeof buf, NULL);
 }
 
+/* Run the call in a thread and, once it blocks, send it SIGUSR1 until the
+ * call returns (a signal may come before the call blocks).  Fills in *b;
+ * returns 0 if the thread could not be started. */
+static int interrupt_thread(mqd_t q, enum op op, struct blocker *b)
+{
+    pthread_t t;
+    int signals = 0;
+
+    memset(b, 0, sizeof *b);
+    b->q = q;
+    b->op = op;
+    if (!CHECK_EQ(pthread_create(&t, NULL, blocker_thread, b), 0))
+        return 0;
+    mqt_wait_thread_blocked(&b->tid);
+    while (!__atomic_load_n(&b->done, __ATOMIC_SEQ_CST) && signals < 250) {
+        pthread_kill(t, SIGUSR1);
+        signals++;
+        mqt_sleep_ms(20);
+    }
+    if (!CHECK(__atomic_load_n(&b->done, __ATOMIC_SEQ_CST)))
+        unblock(q, op);
+    pthread_join(t, NULL);
+    return 1;
+}
+
 /* A thread blocked in the call gets SIGUSR1 (handler, no SA_RESTART) and
  * must fail with EINTR; the queue is unchanged. */
 static void eintr_in_thread(enum op op)
@@ -367,37 +366,19 @@ static void eintr_in_thread(enum op op)
     int full = op == OP_SEND || op == OP_TIMEDSEND;
     mqd_t q = mqt_create(name, "eintr-thread", O_RDWR, 2, 64);
     struct blocker b;
-    pthread_t t;
-    int signals = 0;
 
     printf("  %s in a thread\n", op_names[op]);
     if (full) {
         CHECK_OK(mq_send(q, "1", 1, 0));
         CHECK_OK(mq_send(q, "2", 1, 0));
     }
-    memset(&b, 0, sizeof b);
-    b.q = q;
-    b.op = op;
     handled = 0;
-    if (!CHECK_EQ(pthread_create(&t, NULL, blocker_thread, &b), 0))
-        goto out;
-    while (__atomic_load_n(&b.tid, __ATOMIC_SEQ_CST) == 0)
-        mqt_sleep_ms(1);
-    mqt_wait_blocked(b.tid);
-    /* Signal until the call returns, in case a signal came too early. */
-    while (!__atomic_load_n(&b.done, __ATOMIC_SEQ_CST) && signals < 250) {
-        pthread_kill(t, SIGUSR1);
-        signals++;
-        mqt_sleep_ms(20);
+    if (interrupt_thread(q, op, &b)) {
+        CHECK_EQ(b.result, -1);
+        CHECK_EQ(b.err, EINTR);
+        CHECK(handled > 0);
+        CHECK_EQ(mqt_curmsgs(q), full ? 2 : 0);
     }
-    if (!CHECK(__atomic_load_n(&b.done, __ATOMIC_SEQ_CST)))
-        unblock(q, op);
-    pthread_join(t, NULL);
-    CHECK_EQ(b.result, -1);
-    CHECK_EQ(b.err, EINTR);
-    CHECK(handled > 0);
-    CHECK_EQ(curmsgs(q), full ? 2 : 0);
-out:
     CHECK_OK(mq_close(q));
     mqt_unlink(name);
 }
@@ -432,7 +413,7 @@ static void eintr_in_process(enum op op)
         int err;
         handled = 0;
         install_handler();
-        say_ready(fds[1]);
+        mqt_say_ready(fds[1]);
         r = blocking_call(q, op);
         err = errno;
         CHECK_EQ(r, -1);
@@ -440,7 +421,7 @@ static void eintr_in_process(enum op op)
         CHECK(handled > 0);
         mqt_child_exit();
     }
-    if (CHECK(wait_ready(fds[0])))
+    if (CHECK(mqt_wait_ready(fds[0])))
         mqt_wait_blocked(pid);
     while (signals < 250) {
         pid_t w = waitpid(pid, &status, WNOHANG);
@@ -458,7 +439,7 @@ static void eintr_in_process(enum op op)
     } else {
         CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     }
-    CHECK_EQ(curmsgs(q), full ? 2 : 0);
+    CHECK_EQ(mqt_curmsgs(q), full ? 2 : 0);
     close(fds[0]);
     close(fds[1]);
 out:
@@ -480,31 +461,15 @@ static void test_usable_after_eintr(void)
     char name[MQT_NAME_LEN], buf[64];
     mqd_t q = mqt_create(name, "after-eintr", O_RDWR, 2, 64);
     struct blocker b;
-    pthread_t t;
-    int signals = 0;
 
-    memset(&b, 0, sizeof b);
-    b.q = q;
-    b.op = OP_RECEIVE;
-    if (!CHECK_EQ(pthread_create(&t, NULL, blocker_thread, &b), 0))
-        goto out;
-    while (__atomic_load_n(&b.tid, __ATOMIC_SEQ_CST) == 0)
-        mqt_sleep_ms(1);
-    mqt_wait_blocked(b.tid);
-    while (!__atomic_load_n(&b.done, __ATOMIC_SEQ_CST) && signals++ < 250) {
-        pthread_kill(t, SIGUSR1);
-        mqt_sleep_ms(20);
+    if (interrupt_thread(q, OP_RECEIVE, &b)) {
+        CHECK_EQ(b.err, EINTR);
+        /* The interrupted receive took nothing and left no stale waiter. */
+        CHECK_OK(mq_send(q, "after", 5, 1));
+        CHECK_EQ(mqt_curmsgs(q), 1);
+        CHECK_EQ(mq_receive(q, buf, sizeof buf, NULL), 5);
+        CHECK(memcmp(buf, "after", 5) == 0);
     }
-    if (!CHECK(__atomic_load_n(&b.done, __ATOMIC_SEQ_CST)))
-        unblock(q, OP_RECEIVE);
-    pthread_join(t, NULL);
-    CHECK_EQ(b.err, EINTR);
-    /* The interrupted receive took nothing and left no stale waiter. */
-    CHECK_OK(mq_send(q, "after", 5, 1));
-    CHECK_EQ(curmsgs(q), 1);
-    CHECK_EQ(mq_receive(q, buf, sizeof buf, NULL), 5);
-    CHECK(memcmp(buf, "after", 5) == 0);
-out:
     CHECK_OK(mq_close(q));
     mqt_unlink(name);
 }

@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -243,6 +244,15 @@ static inline mqd_t mqt_create(char *name, const char *tag, int extra_flags,
     return q;
 }
 
+/* The queue's mq_curmsgs, or -1 (after a failed check) if getattr fails. */
+static inline long mqt_curmsgs(mqd_t q)
+{
+    struct mq_attr a;
+    if (!CHECK_OK(mq_getattr(q, &a)))
+        return -1;
+    return a.mq_curmsgs;
+}
+
 /* ---- time --------------------------------------------------------------- */
 
 static inline struct timespec mqt_now(clockid_t clk)
@@ -390,6 +400,30 @@ static inline void mqt_wait_blocked(pid_t tid)
         mqt_sleep_ms(2);
     }
     mqt_sleep_ms(200);
+}
+
+/* Wait for the thread that stores its tid into *tid to block. */
+static inline void mqt_wait_thread_blocked(volatile pid_t *tid)
+{
+    while (__atomic_load_n(tid, __ATOMIC_SEQ_CST) == 0)
+        mqt_sleep_ms(1);
+    mqt_wait_blocked(*tid);
+}
+
+/* A pipe handshake: a child says it is about to block, the parent waits
+ * (at most 10 s) for that before mqt_wait_blocked(). */
+static inline void mqt_say_ready(int fd)
+{
+    char c = 'r';
+    if (write(fd, &c, 1) != 1)
+        _exit(98);
+}
+
+static inline int mqt_wait_ready(int fd)
+{
+    struct pollfd p = { fd, POLLIN, 0 };
+    char c;
+    return poll(&p, 1, 10000) == 1 && read(fd, &c, 1) == 1;
 }
 
 /* ---- program frame ------------------------------------------------------ */

@@ -11,7 +11,6 @@
 #endif
 #include "mqtest.h"
 
-#include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
 
@@ -30,14 +29,6 @@ static struct sigevent sev_signal(int signo, int value)
     sev.sigev_signo = signo;
     sev.sigev_value.sival_int = value;
     return sev;
-}
-
-static long curmsgs(mqd_t q)
-{
-    struct mq_attr a;
-    if (!CHECK_OK(mq_getattr(q, &a)))
-        return -1;
-    return a.mq_curmsgs;
 }
 
 static void drain_queue(mqd_t q)
@@ -139,7 +130,7 @@ static void test_signal_siginfo(void)
     CHECK_OK(mq_notify(q, &sev));
     sender = child_send(name, "from child");
     EXPECT_NOTIFICATION(0x5151, sender);
-    CHECK_EQ(curmsgs(q), 1);
+    CHECK_EQ(mqt_curmsgs(q), 1);
 
     /* A pointer value, and the process itself as the sender. */
     drain_queue(q);
@@ -329,7 +320,7 @@ static void test_not_when_nonempty(void)
     CHECK_EQ(child_register(q, 0), GOT_EBUSY); /* still registered */
 
     drain_queue(q);
-    CHECK_EQ(curmsgs(q), 0);
+    CHECK_EQ(mqt_curmsgs(q), 0);
     EXPECT_SILENCE(); /* emptying sends nothing either */
     CHECK_OK(mq_send(q, "c", 1, 0));
     EXPECT_NOTIFICATION(21, getpid());
@@ -344,9 +335,7 @@ static void test_not_when_receiver_blocked(void)
     char name[MQT_NAME_LEN];
     mqd_t q = mqt_create(name, "blocked", O_RDWR | O_NONBLOCK, 4, 64);
     struct sigevent sev = sev_signal(sig_q, 31);
-    struct pollfd p;
     int fds[2];
-    char c;
     pid_t pid;
 
     if (!CHECK_OK(pipe(fds)))
@@ -358,20 +347,17 @@ static void test_not_when_receiver_blocked(void)
         char buf[64];
         mqd_t r;
         CHECK_OK(r = mq_open(name, O_RDONLY));
-        if (write(fds[1], "r", 1) != 1)
-            _exit(98);
+        mqt_say_ready(fds[1]);
         CHECK_EQ(mq_receive(r, buf, sizeof buf, NULL), 5);
         CHECK(memcmp(buf, "taken", 5) == 0);
         mqt_child_exit();
     }
-    p.fd = fds[0];
-    p.events = POLLIN;
-    if (CHECK_EQ(poll(&p, 1, 10000), 1) && CHECK_EQ(read(fds[0], &c, 1), 1)) {
+    if (CHECK(mqt_wait_ready(fds[0]))) {
         mqt_wait_blocked(pid);
         CHECK_OK(mq_send(q, "taken", 5, 0));
     }
     CHECK_EQ(mqt_wait_child(pid, 10000), 0);
-    CHECK_EQ(curmsgs(q), 0);
+    CHECK_EQ(mqt_curmsgs(q), 0);
     EXPECT_SILENCE();
 
     CHECK_OK(mq_send(q, "next", 4, 0));
@@ -472,7 +458,7 @@ static void test_sigev_thread(void)
     CHECK_EQ(__atomic_load_n(&thread_calls, __ATOMIC_SEQ_CST), 1);
     CHECK_EQ(thread_value, 77);
     CHECK(!thread_was_main);
-    CHECK_EQ(curmsgs(q), 1);
+    CHECK_EQ(mqt_curmsgs(q), 1);
 
     /* One-shot: a second empty-to-non-empty change runs nothing. */
     CHECK_EQ(mq_receive(q, buf, sizeof buf, NULL), 4);

@@ -346,13 +346,6 @@ static void *blocking_sender(void *arg)
     return NULL;
 }
 
-static void wait_tid(struct peer *p)
-{
-    while (__atomic_load_n(&p->tid, __ATOMIC_SEQ_CST) == 0)
-        mqt_sleep_ms(1);
-    mqt_wait_blocked(p->tid);
-}
-
 /* A receive blocked on an empty queue returns the message that another
  * thread sends later. */
 static void test_blocking_receive_woken(void)
@@ -366,7 +359,7 @@ static void test_blocking_receive_woken(void)
     p.q = q;
     if (!CHECK_EQ(pthread_create(&t, NULL, blocking_receiver, &p), 0))
         goto out;
-    wait_tid(&p);
+    mqt_wait_thread_blocked(&p.tid);
     CHECK_OK(mq_send(q, "wake", 4, 21));
     pthread_join(t, NULL);
     CHECK_EQ(p.result, 4);
@@ -393,7 +386,7 @@ static void test_blocking_send_woken(void)
     p.q = q;
     if (!CHECK_EQ(pthread_create(&t, NULL, blocking_sender, &p), 0))
         goto out;
-    wait_tid(&p);
+    mqt_wait_thread_blocked(&p.tid);
     CHECK_OK(mq_getattr(q, &got));
     CHECK_EQ(got.mq_curmsgs, 2);
     CHECK_EQ(mq_receive(q, buf, sizeof buf, &prio), 3);

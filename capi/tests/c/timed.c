@@ -30,14 +30,6 @@ static void fill(mqd_t q, int n)
         CHECK_OK(mq_send(q, "f", 1, 0));
 }
 
-static long curmsgs(mqd_t q)
-{
-    struct mq_attr a;
-    if (!CHECK_OK(mq_getattr(q, &a)))
-        return -1;
-    return a.mq_curmsgs;
-}
-
 /* A deadline in the past times out at once, but only if the call would
  * block: with a message available (or room to send) it succeeds. */
 static void test_past_deadline(void)
@@ -52,10 +44,10 @@ static void test_past_deadline(void)
 
     CHECK_OK(mq_timedsend(q, "a", 1, 4, &past));
     CHECK_OK(mq_timedsend(q, "b", 1, 5, &epoch));
-    CHECK_EQ(curmsgs(q), 2);
+    CHECK_EQ(mqt_curmsgs(q), 2);
     CHECK_ERR(mq_timedsend(q, "c", 1, 6, &past), ETIMEDOUT);
     CHECK_ERR(mq_timedsend(q, "c", 1, 6, &epoch), ETIMEDOUT);
-    CHECK_EQ(curmsgs(q), 2);
+    CHECK_EQ(mqt_curmsgs(q), 2);
 
     CHECK_EQ(mq_timedreceive(q, buf, sizeof buf, &prio, &past), 1);
     CHECK_EQ(prio, 5);
@@ -90,7 +82,7 @@ static void test_future_deadline_times_out(void)
     CHECK(mqt_ts_diff_ms(after, deadline) >= -EARLY_SLACK_MS);
     CHECK(mqt_ts_diff_ms(mqt_now(CLOCK_MONOTONIC), start) >=
           150 - EARLY_SLACK_MS);
-    CHECK_EQ(curmsgs(q), 1);
+    CHECK_EQ(mqt_curmsgs(q), 1);
 
     CHECK_OK(mq_close(q));
     mqt_unlink(name);
@@ -122,7 +114,7 @@ static void test_bad_timespec_einval(void)
             !CHECK_ERR(mq_timedsend(q, "x", 1, 0, &p), EINVAL))
             printf("  with tv_nsec %ld\n", bad_nsec[i]);
     }
-    CHECK_EQ(curmsgs(q), 1);
+    CHECK_EQ(mqt_curmsgs(q), 1);
 
     CHECK_OK(mq_close(q));
     mqt_unlink(name);
@@ -141,7 +133,7 @@ static void test_bad_timespec_no_block(void)
     errno = 0;
     r = mq_timedsend(q, "s", 1, 0, &bad);
     CHECK(r == 0 || (r == -1 && errno == EINVAL));
-    CHECK_EQ(curmsgs(q), r == 0 ? 1 : 0);
+    CHECK_EQ(mqt_curmsgs(q), r == 0 ? 1 : 0);
 
     fill(q, 1);
     errno = 0;
@@ -171,7 +163,7 @@ static void test_negative_tv_sec(void)
     errno = 0;
     r = mq_timedsend(q, "x", 1, 0, &neg);
     CHECK(r == -1 && (errno == ETIMEDOUT || errno == EINVAL));
-    CHECK_EQ(curmsgs(q), 1);
+    CHECK_EQ(mqt_curmsgs(q), 1);
 
     CHECK_OK(mq_close(q));
     mqt_unlink(name);
@@ -288,7 +280,7 @@ static void test_timed_wait_satisfied(void)
         deadline = mqt_deadline_ms(10000);
         CHECK_OK(mq_timedsend(q, "room", 4, 3, &deadline));
         pthread_join(t, NULL);
-        CHECK_EQ(curmsgs(q), 1);
+        CHECK_EQ(mqt_curmsgs(q), 1);
     }
 
     CHECK_OK(mq_close(q));
