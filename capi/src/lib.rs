@@ -184,12 +184,28 @@ fn name_arg<'a>(name: *const c_char) -> Result<&'a CStr, Errno> {
     Ok(unsafe { CStr::from_ptr(name) })
 }
 
+/// Reads and checks an absolute timeout the way Linux does, before anything
+/// else (even the descriptor): `EFAULT` for NULL, `EINVAL` for a negative
+/// second or a nanosecond field outside `0..1e9`.
 fn timespec_arg(ts: *const timespec) -> Result<TimeSpec, Errno> {
     if ts.is_null() {
         return Err(Errno::EFAULT);
     }
     // SAFETY: non-null; the caller passes a valid timespec (mq_* contract).
-    Ok(TimeSpec::from(unsafe { *ts }))
+    let ts = unsafe { *ts };
+    if ts.tv_sec < 0 || !(0..1_000_000_000).contains(&ts.tv_nsec) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(TimeSpec::from(ts))
+}
+
+/// Linux checks the priority before the descriptor.
+fn prio_arg(prio: c_uint) -> Result<u32, Errno> {
+    if prio >= 32768 {
+        Err(Errno::EINVAL)
+    } else {
+        Ok(prio)
+    }
 }
 
 /// `mq_open` with its optional arguments made explicit: `mode` and `attr`
@@ -346,6 +362,7 @@ pub unsafe extern "C" fn shmq_send(
     prio: c_uint,
 ) -> c_int {
     ffi(-1, || {
+        let prio = prio_arg(prio)?;
         let mq = lookup(mqdes)?;
         // SAFETY: per the contract (and an empty slice for len 0).
         let msg = unsafe { bytes(msg, len)? };
@@ -367,8 +384,9 @@ pub unsafe extern "C" fn shmq_timedsend(
     abs_timeout: *const timespec,
 ) -> c_int {
     ffi(-1, || {
-        let mq = lookup(mqdes)?;
         let ts = timespec_arg(abs_timeout)?;
+        let prio = prio_arg(prio)?;
+        let mq = lookup(mqdes)?;
         // SAFETY: per the contract.
         let msg = unsafe { bytes(msg, len)? };
         mqueue::mq_timedsend(&mq, msg, prio, &ts).map(|()| 0)
@@ -411,8 +429,8 @@ pub unsafe extern "C" fn shmq_timedreceive(
     abs_timeout: *const timespec,
 ) -> ssize_t {
     ffi(-1, || {
-        let mq = lookup(mqdes)?;
         let ts = timespec_arg(abs_timeout)?;
+        let mq = lookup(mqdes)?;
         // SAFETY: per the contract.
         let buf = unsafe { bytes_mut(msg, len)? };
         let mut p = 0;

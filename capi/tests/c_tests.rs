@@ -36,6 +36,21 @@ fn build_libraries() -> PathBuf {
     dir
 }
 
+/// A private queue directory, mode 1777 like the default one (some C
+/// tests drop to another uid and create queues there).
+fn queue_dir(tag: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let d = base.join(format!("shmq-c-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    d
+}
+
 fn sources() -> Vec<PathBuf> {
     sources_in("tests/c")
 }
@@ -138,8 +153,7 @@ fn c_tests_pass_against_the_kernel_libshmq_the_compat_header_and_the_drop_in() {
     let libdir = build_libraries();
     let build = libdir.join("c-tests");
     std::fs::create_dir_all(&build).unwrap();
-    let queue_dir = std::env::temp_dir().join(format!("shmq-c-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&queue_dir).unwrap();
+    let queue_dir = queue_dir("tests");
     let rpath = format!("-Wl,-rpath,{}", libdir.display());
     let shmq_a = libdir.join("libshmq.a").display().to_string();
     let sys = ["-lpthread", "-ldl", "-lm", "-lrt"].map(String::from);
@@ -216,8 +230,7 @@ fn c_tests_of_shmq_descriptor_rules() {
     let libdir = build_libraries();
     let build = libdir.join("c-tests");
     std::fs::create_dir_all(&build).unwrap();
-    let queue_dir = std::env::temp_dir().join(format!("shmq-c-desc-{}", std::process::id()));
-    std::fs::create_dir_all(&queue_dir).unwrap();
+    let queue_dir = queue_dir("desc");
     let sys = ["-lpthread", "-ldl", "-lm", "-lrt"].map(String::from);
     let variants = [
         Variant {
@@ -316,9 +329,7 @@ int main(void) {
             Some(3),
             "the kernel refuses 1000 messages: {plain:?}"
         );
-        let queue_dir =
-            std::env::temp_dir().join(format!("shmq-interpose-{}-{fortify}", std::process::id()));
-        std::fs::create_dir_all(&queue_dir).unwrap();
+        let queue_dir = queue_dir(if fortify { "interpose-f" } else { "interpose" });
         let pre = Command::new(&bin)
             .env("LD_PRELOAD", libdir.join("libshmq_preload.so"))
             .env("SHMQ_DIR", &queue_dir)
