@@ -46,15 +46,22 @@ macro_rules! locked_impl {
             fn sub(&self, d: $t) {
                 self.store(self.load(Relaxed).saturating_sub(d), Relaxed);
             }
+            // `or` and `and` store only on a change: a store of the same
+            // value would still take the cache line away from other CPUs.
             #[inline]
             fn or(&self, bits: $t) {
-                self.store(self.load(Relaxed) | bits, Relaxed);
+                let v = self.load(Relaxed);
+                if v | bits != v {
+                    self.store(v | bits, Relaxed);
+                }
             }
             #[inline]
             fn and(&self, bits: $t) -> $t {
-                let v = self.load(Relaxed) & bits;
-                self.store(v, Relaxed);
-                v
+                let v = self.load(Relaxed);
+                if v & bits != v {
+                    self.store(v & bits, Relaxed);
+                }
+                v & bits
             }
         }
     };
@@ -110,9 +117,15 @@ pub fn release(r: &Region, idx: u32) -> QResult<()> {
 
 #[inline]
 fn bitmap_set(h: &Header, prio: usize) {
-    h.bitmap_leaf[prio / 64].or(1 << (prio % 64));
-    h.bitmap_mid[prio / 4096].or(1 << ((prio / 64) % 64));
-    h.bitmap_top.or(1 << (prio / 4096));
+    let leaf = &h.bitmap_leaf[prio / 64];
+    let was = leaf.load(Relaxed);
+    leaf.or(1 << (prio % 64));
+    // The upper levels already say "something below" unless the leaf word
+    // was empty.
+    if was == 0 {
+        h.bitmap_mid[prio / 4096].or(1 << ((prio / 64) % 64));
+        h.bitmap_top.or(1 << (prio / 4096));
+    }
 }
 
 #[inline]
