@@ -45,6 +45,9 @@ const SPIN_MIN_NS: u32 = 1_000;
 const SPIN_MAX_NS: u32 = 30_000;
 /// How often a sleeper looks for dead processes holding slots mid-copy.
 const INFLIGHT_POLL: Duration = Duration::from_millis(10);
+/// How often a sleeper of the C API returns to look for a pending thread
+/// cancellation (`pthread_cancel`), when it asked to.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
 /// Consecutive futile wakes after which the sleeper counts are re-checked.
 const FUTILE_WAKES: u32 = 16;
 
@@ -436,6 +439,9 @@ struct Waiting {
     registered: bool,
     entry: Option<usize>,
     spun: bool,
+    /// Give up with `ERESTART` every [`CANCEL_POLL`] while asleep, so that
+    /// a C caller can act on a pending thread cancellation and call again.
+    cancel_poll: bool,
 }
 
 impl Waiting {
@@ -519,13 +525,15 @@ impl Queue {
             side.entry_counters(e).1.add(1);
         }
         side.counters(r).1.add(1);
-        // Poll for dead copiers while slots are in flight.
+        // Poll for dead copiers while slots are in flight, and for a
+        // cancellation if the caller asked.
         let poll =
             (r.header().lock.ninflight.load(Relaxed) > 0).then(|| realtime_after(INFLIGHT_POLL));
-        let until = match &poll {
-            Some(p) => Some(earlier(deadline, p)),
-            None => deadline,
-        };
+        let cancel = w.cancel_poll.then(|| realtime_after(CANCEL_POLL));
+        let mut until = deadline;
+        for p in [&poll, &cancel].into_iter().flatten() {
+            until = Some(earlier(until, p));
+        }
         let res = g.unlocked(|| futex::wait(word, seq, until))?;
         if let Some(e) = entry {
             side.entry_counters(e).1.sub(1);
@@ -534,6 +542,9 @@ impl Queue {
         match res {
             Err(WaitError::TimedOut) if deadline.is_some_and(reached) => {
                 Err(Error::Os(Errno::ETIMEDOUT))
+            }
+            Err(WaitError::TimedOut) if cancel.as_ref().is_some_and(reached) => {
+                Err(Error::Os(Errno::ERESTART))
             }
             Err(WaitError::Interrupted) => Err(Error::Os(Errno::EINTR)),
             _ => Ok(()),
@@ -590,11 +601,15 @@ impl Description {
         g: &mut Guard<'q>,
         side: Side,
         deadline: Option<&libc::timespec>,
+        cancel_poll: bool,
         attempts: &mut u32,
         mut take: impl FnMut(&Region) -> queue::QResult<Option<T>>,
     ) -> Result<T> {
         let q = &self.queue;
-        let mut w = Waiting::default();
+        let mut w = Waiting {
+            cancel_poll,
+            ..Waiting::default()
+        };
         let out = loop {
             let res = match take(q.region()) {
                 Ok(Some(v)) => break Ok(v),
@@ -613,6 +628,18 @@ impl Description {
     /// `mq_timedsend`; `deadline` is absolute `CLOCK_REALTIME`, `None` blocks
     /// without limit (subject to `O_NONBLOCK`).
     pub fn send(&self, prio: u32, msg: &[u8], deadline: Option<&libc::timespec>) -> Result<()> {
+        self.send_with(prio, msg, deadline, false)
+    }
+
+    /// [`send`](Description::send); with `cancel_poll`, a sleep is cut
+    /// every 50 ms with `ERESTART` (see the C API's cancellation points).
+    pub fn send_with(
+        &self,
+        prio: u32,
+        msg: &[u8],
+        deadline: Option<&libc::timespec>,
+        cancel_poll: bool,
+    ) -> Result<()> {
         if let Some(d) = deadline {
             check_timespec(d)?;
         }
@@ -630,7 +657,14 @@ impl Description {
         let h = r.header();
         let mut g = q.lock()?;
         let mut attempts = 0;
-        let idx = self.acquire(&mut g, Side::Send, deadline, &mut attempts, queue::alloc)?;
+        let idx = self.acquire(
+            &mut g,
+            Side::Send,
+            deadline,
+            cancel_poll,
+            &mut attempts,
+            queue::alloc,
+        )?;
         if msg.len() <= INLINE_MAX {
             r.write_payload(idx, msg);
         } else {
@@ -670,6 +704,17 @@ impl Description {
         buf: &mut [u8],
         deadline: Option<&libc::timespec>,
     ) -> Result<(usize, u32)> {
+        self.receive_with(buf, deadline, false)
+    }
+
+    /// [`receive`](Description::receive); `cancel_poll` as for
+    /// [`send_with`](Description::send_with).
+    pub fn receive_with(
+        &self,
+        buf: &mut [u8],
+        deadline: Option<&libc::timespec>,
+        cancel_poll: bool,
+    ) -> Result<(usize, u32)> {
         if let Some(d) = deadline {
             check_timespec(d)?;
         }
@@ -684,8 +729,14 @@ impl Description {
         let h = r.header();
         let mut g = q.lock()?;
         let mut attempts = 0;
-        let (idx, prio, len) =
-            self.acquire(&mut g, Side::Recv, deadline, &mut attempts, queue::front)?;
+        let (idx, prio, len) = self.acquire(
+            &mut g,
+            Side::Recv,
+            deadline,
+            cancel_poll,
+            &mut attempts,
+            queue::front,
+        )?;
         if len <= INLINE_MAX {
             r.read_payload(idx, &mut buf[..len]);
             let res = queue::unlink_front(r, idx, prio).and_then(|()| queue::release(r, idx));

@@ -244,6 +244,48 @@ pub fn mq_notify_deliver(mqdes: &MqdT, deliver: Box<dyn FnOnce() + Send + 'stati
     errno(mqdes.0.notify(Some(Notification::Thread { deliver })))
 }
 
+/// `mq_timedsend` (or `mq_send` without `abstime`) for the C API: a sleep
+/// returns `ERESTART` every 50 ms so that the caller can act on a pending
+/// `pthread_cancel` (its frames must not be unwound through) and call again.
+///
+/// # Errors
+/// As [`mq_timedsend`], plus `ERESTART`.
+#[doc(hidden)]
+pub fn __mq_send_cancellable(
+    mqdes: &MqdT,
+    message: &[u8],
+    msq_prio: u32,
+    abstime: Option<&TimeSpec>,
+) -> Result<()> {
+    errno(
+        mqdes
+            .0
+            .desc()
+            .send_with(msq_prio, message, abstime.map(AsRef::as_ref), true),
+    )
+}
+
+/// `mq_timedreceive` (or `mq_receive`) for the C API; see
+/// [`__mq_send_cancellable`].
+///
+/// # Errors
+/// As [`mq_timedreceive`], plus `ERESTART`.
+#[doc(hidden)]
+pub fn __mq_receive_cancellable(
+    mqdes: &MqdT,
+    message: &mut [u8],
+    msg_prio: &mut u32,
+    abstime: Option<&TimeSpec>,
+) -> Result<usize> {
+    let (len, prio) = errno(mqdes.0.desc().receive_with(
+        message,
+        abstime.map(AsRef::as_ref),
+        true,
+    ))?;
+    *msg_prio = prio;
+    Ok(len)
+}
+
 fn to_mq_attr(a: crate::engine::Attr) -> MqAttr {
     MqAttr::new(
         a.flags as mq_attr_member_t,

@@ -15,8 +15,10 @@
 //! Every function returns -1 (or `(mqd_t)-1`) and sets `errno` on failure,
 //! as the `mq_*` functions do. A blocked call interrupted by a signal
 //! handler fails with `EINTR` (unless the handler was installed with
-//! `SA_RESTART`). No panic crosses the boundary: an internal panic becomes
-//! -1 with `errno = EIO`.
+//! `SA_RESTART`). The four send and receive functions are cancellation
+//! points, like the `mq_*` ones: a thread blocked in them is cancelled by
+//! `pthread_cancel` within about 50 ms. No panic crosses the boundary: an
+//! internal panic becomes -1 with `errno = EIO`.
 #![allow(unsafe_code)]
 #![allow(non_camel_case_types)]
 
@@ -159,6 +161,40 @@ fn insert(mq: MqdT) -> mqd_t {
         t[idx] = Some(Arc::new(mq));
     });
     fd
+}
+
+unsafe extern "C-unwind" {
+    /// glibc's `pthread_testcancel`: acts on a pending cancellation by
+    /// unwinding the thread (a forced unwind), hence `C-unwind`.
+    fn pthread_testcancel();
+}
+
+/// Makes `op` (a blocking send or receive behind [`ffi`]) a cancellation
+/// point, as the `mq_*` functions are: a pending `pthread_cancel` is acted
+/// on when the call starts, when its sleep is cut short by the engine
+/// (`ERESTART`, every 50 ms while asleep; the call then goes on) and when a
+/// signal interrupts it. The forced unwind of a cancellation passes only
+/// through this frame and the exported function's, which hold nothing to
+/// drop: all Rust state of the operation is gone by then.
+fn cancellation_point<T: Copy + PartialEq>(err: T, mut op: impl FnMut() -> T) -> T {
+    // SAFETY: see above; pthread_testcancel has no preconditions.
+    unsafe { pthread_testcancel() };
+    loop {
+        let r = op();
+        if r != err {
+            return r;
+        }
+        match Errno::last() {
+            // SAFETY: as above.
+            Errno::ERESTART => unsafe { pthread_testcancel() },
+            Errno::EINTR => {
+                // SAFETY: as above.
+                unsafe { pthread_testcancel() };
+                return r;
+            }
+            _ => return r,
+        }
+    }
 }
 
 /// Runs `f` behind the panic boundary; failures set errno and return `err`.
@@ -355,18 +391,20 @@ pub unsafe extern "C" fn shmq_setattr(
 /// # Safety
 /// `msg` points to `len` readable bytes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn shmq_send(
+pub unsafe extern "C-unwind" fn shmq_send(
     mqdes: mqd_t,
     msg: *const c_char,
     len: size_t,
     prio: c_uint,
 ) -> c_int {
-    ffi(-1, || {
-        let prio = prio_arg(prio)?;
-        let mq = lookup(mqdes)?;
-        // SAFETY: per the contract (and an empty slice for len 0).
-        let msg = unsafe { bytes(msg, len)? };
-        mqueue::mq_send(&mq, msg, prio).map(|()| 0)
+    cancellation_point(-1, || {
+        ffi(-1, || {
+            let prio = prio_arg(prio)?;
+            let mq = lookup(mqdes)?;
+            // SAFETY: per the contract (and an empty slice for len 0).
+            let msg = unsafe { bytes(msg, len)? };
+            mqueue::__mq_send_cancellable(&mq, msg, prio, None).map(|()| 0)
+        })
     })
 }
 
@@ -376,20 +414,22 @@ pub unsafe extern "C" fn shmq_send(
 /// # Safety
 /// `msg` points to `len` readable bytes; `abs_timeout` to a `timespec`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn shmq_timedsend(
+pub unsafe extern "C-unwind" fn shmq_timedsend(
     mqdes: mqd_t,
     msg: *const c_char,
     len: size_t,
     prio: c_uint,
     abs_timeout: *const timespec,
 ) -> c_int {
-    ffi(-1, || {
-        let ts = timespec_arg(abs_timeout)?;
-        let prio = prio_arg(prio)?;
-        let mq = lookup(mqdes)?;
-        // SAFETY: per the contract.
-        let msg = unsafe { bytes(msg, len)? };
-        mqueue::mq_timedsend(&mq, msg, prio, &ts).map(|()| 0)
+    cancellation_point(-1, || {
+        ffi(-1, || {
+            let ts = timespec_arg(abs_timeout)?;
+            let prio = prio_arg(prio)?;
+            let mq = lookup(mqdes)?;
+            // SAFETY: per the contract.
+            let msg = unsafe { bytes(msg, len)? };
+            mqueue::__mq_send_cancellable(&mq, msg, prio, Some(&ts)).map(|()| 0)
+        })
     })
 }
 
@@ -399,20 +439,22 @@ pub unsafe extern "C" fn shmq_timedsend(
 /// `msg` points to `len` writable bytes; `prio` is NULL or points to an
 /// `unsigned int`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn shmq_receive(
+pub unsafe extern "C-unwind" fn shmq_receive(
     mqdes: mqd_t,
     msg: *mut c_char,
     len: size_t,
     prio: *mut c_uint,
 ) -> ssize_t {
-    ffi(-1, || {
-        let mq = lookup(mqdes)?;
-        // SAFETY: per the contract.
-        let buf = unsafe { bytes_mut(msg, len)? };
-        let mut p = 0;
-        let n = mqueue::mq_receive(&mq, buf, &mut p)?;
-        store_prio(prio, p);
-        Ok(n as ssize_t)
+    cancellation_point(-1, || {
+        ffi(-1, || {
+            let mq = lookup(mqdes)?;
+            // SAFETY: per the contract.
+            let buf = unsafe { bytes_mut(msg, len)? };
+            let mut p = 0;
+            let n = mqueue::__mq_receive_cancellable(&mq, buf, &mut p, None)?;
+            store_prio(prio, p);
+            Ok(n as ssize_t)
+        })
     })
 }
 
@@ -421,22 +463,24 @@ pub unsafe extern "C" fn shmq_receive(
 /// # Safety
 /// As [`shmq_receive`]; `abs_timeout` points to a `timespec`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn shmq_timedreceive(
+pub unsafe extern "C-unwind" fn shmq_timedreceive(
     mqdes: mqd_t,
     msg: *mut c_char,
     len: size_t,
     prio: *mut c_uint,
     abs_timeout: *const timespec,
 ) -> ssize_t {
-    ffi(-1, || {
-        let ts = timespec_arg(abs_timeout)?;
-        let mq = lookup(mqdes)?;
-        // SAFETY: per the contract.
-        let buf = unsafe { bytes_mut(msg, len)? };
-        let mut p = 0;
-        let n = mqueue::mq_timedreceive(&mq, buf, &mut p, &ts)?;
-        store_prio(prio, p);
-        Ok(n as ssize_t)
+    cancellation_point(-1, || {
+        ffi(-1, || {
+            let ts = timespec_arg(abs_timeout)?;
+            let mq = lookup(mqdes)?;
+            // SAFETY: per the contract.
+            let buf = unsafe { bytes_mut(msg, len)? };
+            let mut p = 0;
+            let n = mqueue::__mq_receive_cancellable(&mq, buf, &mut p, Some(&ts))?;
+            store_prio(prio, p);
+            Ok(n as ssize_t)
+        })
     })
 }
 

@@ -104,7 +104,7 @@ pub unsafe extern "C" fn mq_notify(mqdes: mqd_t, sevp: *const sigevent) -> c_int
 /// # Safety
 /// As [`capi::shmq_send`].
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mq_send(
+pub unsafe extern "C-unwind" fn mq_send(
     mqdes: mqd_t,
     msg: *const c_char,
     len: size_t,
@@ -119,7 +119,7 @@ pub unsafe extern "C" fn mq_send(
 /// # Safety
 /// As [`capi::shmq_timedsend`].
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mq_timedsend(
+pub unsafe extern "C-unwind" fn mq_timedsend(
     mqdes: mqd_t,
     msg: *const c_char,
     len: size_t,
@@ -135,7 +135,7 @@ pub unsafe extern "C" fn mq_timedsend(
 /// # Safety
 /// As [`capi::shmq_receive`].
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mq_receive(
+pub unsafe extern "C-unwind" fn mq_receive(
     mqdes: mqd_t,
     msg: *mut c_char,
     len: size_t,
@@ -150,7 +150,7 @@ pub unsafe extern "C" fn mq_receive(
 /// # Safety
 /// As [`capi::shmq_timedreceive`].
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn mq_timedreceive(
+pub unsafe extern "C-unwind" fn mq_timedreceive(
     mqdes: mqd_t,
     msg: *mut c_char,
     len: size_t,

@@ -415,13 +415,6 @@ suite_glibc() {
         args=()
         # tst-mqueue7 re-executes itself to check that exec closes mq descriptors.
         [ "$n" = 7 ] && args=(-- "$exe")
-        # tst-mqueue8 pthread_cancels threads blocked in mq_receive and
-        # mq_send: shmq's blocking calls are not cancellation points (the
-        # wait is a futex in shared memory, not a glibc cancellable syscall).
-        if [ -n "$PRELOAD" ] && [ "$n" = 8 ]; then
-            S=$((S + 1)); echo "tst-mqueue8: SKIPPED under the preload (blocked shmq calls are not cancellation points)"
-            continue
-        fi
         with_preload timeout 300 "$exe" "${args[@]}" >"$log" 2>&1
         rc=$?
         case $rc in
