@@ -83,6 +83,14 @@ pub struct Queue {
     name: Vec<u8>,
     file_info: FileInfo,
     can_spin: bool,
+    /// Changed by waiters: kept off the line of the fields every operation
+    /// reads, which threads sharing this handle read all the time.
+    tuning: Tuning,
+}
+
+/// Per-process adaptive state of a queue, on a cache line of its own.
+#[repr(align(64))]
+struct Tuning {
     spin_ns: AtomicU32,
     futile_wakes: AtomicU32,
 }
@@ -226,8 +234,10 @@ impl Queue {
             name: name.to_vec(),
             file_info,
             can_spin: sys::usable_cpus() > 1,
-            spin_ns: AtomicU32::new(SPIN_MAX_NS / 2),
-            futile_wakes: AtomicU32::new(0),
+            tuning: Tuning {
+                spin_ns: AtomicU32::new(SPIN_MAX_NS / 2),
+                futile_wakes: AtomicU32::new(0),
+            },
         }
     }
 
@@ -321,35 +331,36 @@ impl Queue {
         if futex::wake(side.word(self.region()), 1) == 0 {
             // Nobody was asleep although the count said so: a sleeper may
             // have died. After a few of these, recount from the table.
-            if self.futile_wakes.fetch_add(1, Relaxed) + 1 >= FUTILE_WAKES {
-                self.futile_wakes.store(0, Relaxed);
+            if self.tuning.futile_wakes.fetch_add(1, Relaxed) + 1 >= FUTILE_WAKES {
+                self.tuning.futile_wakes.store(0, Relaxed);
                 if let Ok(g) = self.lock() {
                     queue::recount_waiters(self.region(), &mut proc::alive);
                     drop(g);
                 }
             }
         } else {
-            self.futile_wakes.store(0, Relaxed);
+            self.tuning.futile_wakes.store(0, Relaxed);
         }
     }
 
     fn spin(&self, side: Side) -> bool {
         let r = self.region();
-        let limit = Duration::from_nanos(u64::from(self.spin_ns.load(Relaxed)));
+        let limit = Duration::from_nanos(u64::from(self.tuning.spin_ns.load(Relaxed)));
         let start = Instant::now();
         loop {
             for _ in 0..64 {
                 if side.ready(r) {
-                    let n = self.spin_ns.load(Relaxed);
-                    self.spin_ns
+                    let n = self.tuning.spin_ns.load(Relaxed);
+                    self.tuning
+                        .spin_ns
                         .store((n.saturating_mul(2)).min(SPIN_MAX_NS), Relaxed);
                     return true;
                 }
                 std::hint::spin_loop();
             }
             if start.elapsed() >= limit {
-                let n = self.spin_ns.load(Relaxed);
-                self.spin_ns.store((n / 2).max(SPIN_MIN_NS), Relaxed);
+                let n = self.tuning.spin_ns.load(Relaxed);
+                self.tuning.spin_ns.store((n / 2).max(SPIN_MIN_NS), Relaxed);
                 return false;
             }
         }
