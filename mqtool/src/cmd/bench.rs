@@ -295,12 +295,20 @@ pub fn run(ctx: &Ctx, a: &BenchArgs) -> Outcome {
     let kernel_queue =
         |tag: &str, depth: i64| -> Result<(KernelMq, i64, Option<String>), Failure> {
             let name = format!("/mqtool-bench-{pid}-{tag}");
-            kernel::create_deep(&name, depth, MSG_LEN as i64).map_err(|e| {
-                Failure::plain(format!(
+            match kernel::create_fitted(&name, depth, MSG_LEN as i64) {
+                Ok(kernel::Fit::Made(f)) => Ok((
+                    f.mq,
+                    f.depth,
+                    (!f.notes.is_empty()).then(|| f.notes.join("; ")),
+                )),
+                Ok(kernel::Fit::Impossible(why)) => {
+                    Err(Failure::plain(format!("bench: kernel queue {name}: {why}")))
+                }
+                Err(e) => Err(Failure::plain(format!(
                     "bench: kernel queue {name}: {}",
                     super::io_message(&e)
-                ))
-            })
+                ))),
+            }
         };
 
     let mut rows = Vec::new();
