@@ -55,7 +55,10 @@ JSON Lines (--json): one object per line, each with a \"type\":
   purged   (purge)       queue, messages
   bench    (bench)       case, description, unit (ns or msg/s), shmq,
                          kernel, ratio (above 1: shmq is faster),
-                         repetitions, kernel_depth, note
+                         repetitions, kernel_depth, note, msg_len,
+                         baseline (kernel and ratio are null when the
+                         kernel could not run the case; baseline is the
+                         empty-queue figure of the shmq-only cases)
 
 Payloads (\"data\") are {\"text\": STRING} when valid UTF-8, else
 {\"bytes\": BASE64}, as in ripgrep's JSON output.
@@ -334,14 +337,24 @@ pub struct WatchArgs {
 
 /// Benchmark shmq against the kernel's message queues, side by side.
 ///
-/// Cases, all with 64-byte messages: a send+receive pair in one thread; a
-/// ping-pong round trip between two threads; streaming from one thread to
-/// another with queue depth 10 and 256. Peers run interleaved, several
+/// Cases: a send+receive pair in one thread (64 B); a ping-pong round trip
+/// with the two threads pinned to two CPUs, then both pinned to one CPU
+/// (median and 99th percentile; on one CPU also with the shmq queue opened
+/// before pinning, when shmq still believes it may spin); streaming from one
+/// thread to another, 64 B and 16 B at depth 10 and 256, 4 KiB at depth 10
+/// and 256, 64 KiB at depth 10 (with bytes per second); 4 producers to 1
+/// consumer, 64 B, depth 256 and 10. Then shmq alone: the pair on a queue
+/// holding 100,000 messages and on one with 32,768 distinct priorities in
+/// use, against the pair on an empty queue. Peers run interleaved, several
 /// repetitions each; the table shows medians and how many times faster shmq
-/// is. Progress goes to standard error. The kernel allows 10 messages per
-/// queue unless /proc/sys/fs/mqueue/msg_max is raised: run as root, mqtool
-/// raises it while creating the depth-256 queue and restores it at once;
-/// otherwise that kernel row uses depth 10 and says so.
+/// is. Progress goes to standard error.
+///
+/// The kernel allows 10 messages of 8192 bytes per queue unless
+/// /proc/sys/fs/mqueue/msg_max and msgsize_max are raised: run as root,
+/// mqtool raises them for the creation of a kernel queue and restores them
+/// at once (also on error). Otherwise the kernel row uses the depth it can
+/// get, or shows "-" when the message size is over the limit; a note says
+/// so. RLIMIT_MSGQUEUE can also cap the kernel's depth.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  mqtool bench\n  mqtool bench --quick\n  mqtool --json bench --reps 9"
@@ -350,7 +363,7 @@ pub struct BenchArgs {
     /// A short run (about a second), for smoke tests
     #[arg(long)]
     pub quick: bool,
-    /// Repetitions of each case and peer [default: 5, --quick: 3]
+    /// Repetitions of each case and peer [default: 7, --quick: 3]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=99))]
     pub reps: Option<u32>,
     /// Do not show progress on standard error

@@ -267,7 +267,9 @@ pub struct BenchJson<'a> {
     /// Always `"bench"`.
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// Short case id: `"pair"`, `"pingpong"`, `"stream-10"`, `"stream-256"`.
+    /// Short case id: `"pair"`, `"pingpong"`, `"pingpong-p99"`,
+    /// `"pingpong-1cpu"`, `"stream-10"`, `"stream-256"`, `"stream-4kib-10"`,
+    /// `"mpsc4-256"`, `"pair-100000-queued"` …
     pub case: &'a str,
     /// The case in words.
     pub description: &'a str,
@@ -276,16 +278,23 @@ pub struct BenchJson<'a> {
     pub unit: &'static str,
     /// Median for shmq.
     pub shmq: f64,
-    /// Median for the kernel's mq.
-    pub kernel: f64,
-    /// How many times faster shmq is (above 1: shmq wins).
-    pub ratio: f64,
+    /// Median for the kernel's mq; `null` when the kernel could not run the
+    /// case (see `note`) or the case is shmq's alone (see `baseline`).
+    pub kernel: Option<f64>,
+    /// How many times faster shmq is (above 1: shmq wins); `null` without a
+    /// kernel figure.
+    pub ratio: Option<f64>,
     /// Repetitions per peer.
     pub repetitions: u32,
     /// Queue depth used on the kernel side, when it matters.
     pub kernel_depth: Option<i64>,
     /// A remark, e.g. when the kernel queue could not get the same depth.
     pub note: Option<String>,
+    /// Message size in bytes (bytes per second: msg/s times this).
+    pub msg_len: usize,
+    /// Cases of shmq alone: the same measurement on an empty queue, in the
+    /// same run (`shmq / baseline` is the slowdown); else `null`.
+    pub baseline: Option<f64>,
 }
 
 /// Writes `value` as one line of JSON.

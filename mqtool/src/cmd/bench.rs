@@ -2,10 +2,13 @@
 //!
 //! Every case runs both peers with the same code (generic over
 //! [`Endpoint`]), interleaved repetition by repetition (the order alternates,
-//! so drift hits both), and reports medians: this machine is noisy.
-//! Iteration counts are calibrated so that each repetition takes about the
-//! same time for both peers.
+//! so drift hits both), and reports medians: machines are noisy. Iteration
+//! counts are calibrated so that each repetition takes about the same time
+//! for both peers. Ping-pong pins its threads (`cpu`); kernel queues are made
+//! within the system's limits (`kernel`). The cost-vs-contents cases are
+//! shmq's alone, against the same pair on an empty queue.
 
+mod cpu;
 mod kernel;
 
 use super::Ctx;
@@ -16,9 +19,9 @@ use kernel::KernelMq;
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-/// Message size of every case.
-const MSG_LEN: usize = 64;
-const MSG: [u8; MSG_LEN] = [0x5a; MSG_LEN];
+/// Message size of the pair, ping-pong and many-producer cases.
+const SMALL: usize = 64;
+const MSG: [u8; SMALL] = [0x5a; SMALL];
 
 /// One side of a queue, as the benchmark uses it.
 trait Endpoint: Sync {
@@ -44,17 +47,19 @@ impl Endpoint for KernelMq {
     }
 }
 
-/// One measurement: the figure (ns per operation, or messages per second)
-/// and how long it took.
+/// One measurement: the figure (ns per operation, or messages per second),
+/// the 99th percentile of the individual times where there are some, and how
+/// long it took.
 #[derive(Clone, Copy)]
 struct Measure {
     value: f64,
+    p99: f64,
     elapsed: Duration,
 }
 
 /// Send + receive in one thread, `iters` times: ns per pair.
 fn pair<Q: Endpoint>(q: &Q, iters: u64) -> io::Result<Measure> {
-    let mut buf = [0u8; MSG_LEN];
+    let mut buf = [0u8; SMALL];
     let t = Instant::now();
     for _ in 0..iters {
         q.send(std::hint::black_box(&MSG))?;
@@ -63,29 +68,80 @@ fn pair<Q: Endpoint>(q: &Q, iters: u64) -> io::Result<Measure> {
     let elapsed = t.elapsed();
     Ok(Measure {
         value: elapsed.as_nanos() as f64 / iters as f64,
+        p99: f64::NAN,
+        elapsed,
+    })
+}
+
+/// The pair at priority `prio`, on a shmq queue that may hold other
+/// messages: ns per pair.
+fn pair_at(q: &shmq::PosixMq, prio: u32, iters: u64) -> io::Result<Measure> {
+    let mut buf = [0u8; SMALL];
+    let t = Instant::now();
+    for _ in 0..iters {
+        q.send(prio, std::hint::black_box(&MSG))?;
+        std::hint::black_box(q.recv(&mut buf)?);
+    }
+    let elapsed = t.elapsed();
+    Ok(Measure {
+        value: elapsed.as_nanos() as f64 / iters as f64,
+        p99: f64::NAN,
         elapsed,
     })
 }
 
 /// Round trips through `ping` and back through `pong` (echoed by a second
-/// thread), `iters` times: median ns per round trip.
-fn ping_pong<Q: Endpoint>(ping: &Q, pong: &Q, iters: u64) -> io::Result<Measure> {
+/// thread), `iters` times: median and 99th percentile ns per round trip.
+/// With `cpus`, the calling thread runs on the first CPU and the echo thread
+/// on the second for the duration.
+fn ping_pong<Q: Endpoint>(
+    ping: &Q,
+    pong: &Q,
+    cpus: Option<(usize, usize)>,
+    iters: u64,
+) -> io::Result<Measure> {
+    let _pinned = match cpus {
+        Some((mine, _)) => Some(cpu::Pinned::to(mine)?),
+        None => None,
+    };
     std::thread::scope(|s| {
-        let echo = s.spawn(|| -> io::Result<()> {
-            let mut buf = [0u8; MSG_LEN];
+        let (ready, pinned) = std::sync::mpsc::channel();
+        let echo = s.spawn(move || -> io::Result<()> {
+            let pin = match cpus {
+                Some((_, theirs)) => cpu::pin(theirs),
+                None => Ok(()),
+            };
+            let ok = pin.is_ok();
+            let _ = ready.send(pin);
+            if !ok {
+                return Ok(());
+            }
+            let mut buf = [0u8; SMALL];
             for _ in 0..iters {
                 let n = ping.recv(&mut buf)?;
                 pong.send(&buf[..n])?;
             }
             Ok(())
         });
-        let mut buf = [0u8; MSG_LEN];
+        match pinned.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = echo.join();
+                return Err(e);
+            }
+            Err(_) => return Err(io::Error::other("the echo thread failed")),
+        }
+        let mut buf = [0u8; SMALL];
         let mut rtt = Vec::with_capacity(usize::try_from(iters).unwrap_or(0).min(1 << 24));
         let start = Instant::now();
         let mut last = start;
         for _ in 0..iters {
             ping.send(&MSG)?;
-            pong.recv(&mut buf)?;
+            if pong.recv(&mut buf)? != SMALL {
+                return Err(io::Error::other(
+                    "a message came back with the wrong length",
+                ));
+            }
             let now = Instant::now();
             rtt.push(now.duration_since(last).as_nanos() as f64);
             last = now;
@@ -93,37 +149,62 @@ fn ping_pong<Q: Endpoint>(ping: &Q, pong: &Q, iters: u64) -> io::Result<Measure>
         let elapsed = start.elapsed();
         echo.join()
             .map_err(|_| io::Error::other("the echo thread failed"))??;
+        let p99 = percentile(&mut rtt, 0.99);
         Ok(Measure {
             value: median(&mut rtt),
+            p99,
             elapsed,
         })
     })
 }
 
-/// One thread sends `iters` messages, another receives them: messages per
-/// second.
-fn stream<Q: Endpoint>(q: &Q, iters: u64) -> io::Result<Measure> {
+/// `producers` threads send `msg` about `iters` times in all, the calling
+/// thread receives them: messages per second.
+fn stream<Q: Endpoint>(q: &Q, producers: u64, msg: &[u8], iters: u64) -> io::Result<Measure> {
+    let each = iters.div_ceil(producers).max(1);
+    let total = each * producers;
+    let mut buf = vec![0u8; msg.len()];
     std::thread::scope(|s| {
         let start = Instant::now();
-        let producer = s.spawn(|| -> io::Result<()> {
-            for _ in 0..iters {
-                q.send(&MSG)?;
+        let threads: Vec<_> = (0..producers)
+            .map(|_| {
+                s.spawn(move || -> io::Result<()> {
+                    for _ in 0..each {
+                        q.send(msg)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for _ in 0..total {
+            if q.recv(&mut buf)? != msg.len() {
+                return Err(io::Error::other("a message came out with the wrong length"));
             }
-            Ok(())
-        });
-        let mut buf = [0u8; MSG_LEN];
-        for _ in 0..iters {
-            q.recv(&mut buf)?;
         }
         let elapsed = start.elapsed();
-        producer
-            .join()
-            .map_err(|_| io::Error::other("the producer thread failed"))??;
+        for t in threads {
+            t.join()
+                .map_err(|_| io::Error::other("a producer thread failed"))??;
+        }
+        if buf != msg {
+            return Err(io::Error::other("a message came out altered"));
+        }
         Ok(Measure {
-            value: iters as f64 / elapsed.as_secs_f64(),
+            value: total as f64 / elapsed.as_secs_f64(),
+            p99: f64::NAN,
             elapsed,
         })
     })
+}
+
+/// The `q` quantile (0 to 1) of `v`, by the nearest-rank method.
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = (q * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -154,9 +235,13 @@ impl Unit {
         }
     }
 
-    fn show(self, v: f64) -> String {
+    /// The figure for the table; rates of large messages in bytes too.
+    fn show(self, v: f64, msg_len: usize) -> String {
         match self {
             Unit::Nanos => output::nanos(v),
+            Unit::PerSec if msg_len >= 1024 => {
+                format!("{}, {}", output::rate(v), byte_rate(v * msg_len as f64))
+            }
             Unit::PerSec => output::rate(v),
         }
     }
@@ -167,6 +252,26 @@ impl Unit {
             Unit::Nanos => kernel / shmq,
             Unit::PerSec => shmq / kernel,
         }
+    }
+}
+
+/// Bytes per second in decimal units: `850 MB/s`, `3.20 GB/s`.
+fn byte_rate(b: f64) -> String {
+    if b >= 1e9 {
+        format!("{} GB/s", output::sig3(b / 1e9))
+    } else if b >= 1e6 {
+        format!("{} MB/s", output::sig3(b / 1e6))
+    } else {
+        format!("{} kB/s", output::sig3(b / 1e3))
+    }
+}
+
+/// `16 B`, `4 KiB`.
+fn size(len: usize) -> String {
+    if len >= 1024 && len % 1024 == 0 {
+        format!("{} KiB", len / 1024)
+    } else {
+        format!("{len} B")
     }
 }
 
@@ -197,6 +302,17 @@ impl Progress {
     }
 }
 
+/// A peer of a case: its name (for errors) and one run of `iters`
+/// iterations.
+type Peer<'a> = (&'a str, &'a mut dyn FnMut(u64) -> io::Result<Measure>);
+
+/// Medians over the repetitions of one peer.
+#[derive(Clone, Copy)]
+struct Stat {
+    value: f64,
+    p99: f64,
+}
+
 /// Settings of a run.
 struct Plan {
     reps: u32,
@@ -220,169 +336,455 @@ impl Plan {
         }
     }
 
-    /// Calibrates and runs both peers, interleaved; their medians.
-    fn run(
-        &self,
-        label: &str,
-        shmq: &mut dyn FnMut(u64) -> io::Result<Measure>,
-        kernel: &mut dyn FnMut(u64) -> io::Result<Measure>,
-    ) -> Result<(f64, f64), Failure> {
+    /// Calibrates and runs the peers, interleaved (the order alternates
+    /// between repetitions, so that drift hits all alike); their medians.
+    fn run(&self, label: &str, peers: &mut [Peer<'_>]) -> Result<Vec<Stat>, Failure> {
         let fail = |peer: &str, e: io::Error| {
             Failure::plain(format!("bench: {label}: {peer}: {}", super::io_message(&e)))
         };
         self.progress.case(label);
         self.progress.step(&format!("{label}: calibrating"));
-        let ns = self.calibrate(shmq).map_err(|e| fail("shmq", e))?;
-        let nk = self.calibrate(kernel).map_err(|e| fail("kernel mq", e))?;
-        let (mut s, mut k) = (Vec::new(), Vec::new());
+        let mut iters = Vec::with_capacity(peers.len());
+        for (name, run) in peers.iter_mut() {
+            iters.push(self.calibrate(*run).map_err(|e| fail(name, e))?);
+        }
+        let mut values = vec![Vec::new(); peers.len()];
+        let mut p99s = vec![Vec::new(); peers.len()];
         for rep in 0..self.reps {
             self.progress
                 .step(&format!("{label}: repetition {}/{}", rep + 1, self.reps));
-            // Alternate who goes first, so that drift hits both alike.
-            if rep % 2 == 0 {
-                s.push(shmq(ns).map_err(|e| fail("shmq", e))?.value);
-                k.push(kernel(nk).map_err(|e| fail("kernel mq", e))?.value);
-            } else {
-                k.push(kernel(nk).map_err(|e| fail("kernel mq", e))?.value);
-                s.push(shmq(ns).map_err(|e| fail("shmq", e))?.value);
+            let mut order: Vec<usize> = (0..peers.len()).collect();
+            if rep % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let (name, run) = &mut peers[i];
+                let m = run(iters[i]).map_err(|e| fail(name, e))?;
+                values[i].push(m.value);
+                p99s[i].push(m.p99);
             }
         }
-        Ok((median(&mut s), median(&mut k)))
+        Ok(values
+            .iter_mut()
+            .zip(&mut p99s)
+            .map(|(v, p)| Stat {
+                value: median(v),
+                p99: median(p),
+            })
+            .collect())
     }
 }
 
 /// A finished case.
 struct Row {
-    case: &'static str,
+    case: String,
     description: String,
     unit: Unit,
+    msg_len: usize,
     shmq: f64,
-    kernel: f64,
+    /// `None` when the kernel could not run the case.
+    kernel: Option<f64>,
+    /// shmq-only cases: the same measurement on an empty queue.
+    baseline: Option<f64>,
     kernel_depth: Option<i64>,
-    note: Option<String>,
+    notes: Vec<String>,
+}
+
+/// A kernel queue for a case, or why there is none.
+struct KernelSide {
+    mq: Option<KernelMq>,
+    depth: i64,
+    notes: Vec<String>,
+}
+
+/// Everything a run needs.
+struct Bench {
+    dir: std::path::PathBuf,
+    pid: u32,
+    plan: Plan,
+    rows: Vec<Row>,
+    /// Remarks on the run as a whole (e.g. a case that could not run).
+    notes: Vec<String>,
+}
+
+impl Bench {
+    /// A shmq queue, created in the queue directory and unlinked at once,
+    /// like the kernel ones: nothing is left behind, whatever happens.
+    fn shmq_queue(
+        &self,
+        tag: &str,
+        depth: usize,
+        msg_len: usize,
+    ) -> Result<shmq::PosixMq, Failure> {
+        let name = format!("/mqtool-bench-{}-{tag}", self.pid);
+        let q = shmq::OpenOptions::readwrite()
+            .capacity(depth)
+            .max_msg_len(msg_len)
+            .create_new()
+            .dir(&self.dir)
+            .open(&name)
+            .map_err(|e| Failure::new(format!("bench: {name}"), crate::exit::describe_io(&e)))?;
+        shmq::remove_queue_in(&self.dir, &name)
+            .map_err(|e| Failure::new(format!("bench: {name}"), crate::exit::describe_io(&e)))?;
+        Ok(q)
+    }
+
+    /// A kernel queue as close to `depth` × `msg_len` as the limits allow.
+    fn kernel_queue(&self, tag: &str, depth: usize, msg_len: usize) -> Result<KernelSide, Failure> {
+        let name = format!("/mqtool-bench-{}-{tag}", self.pid);
+        let want = i64::try_from(depth).unwrap_or(i64::MAX);
+        let len = i64::try_from(msg_len).unwrap_or(i64::MAX);
+        match kernel::create_fitted(&name, want, len) {
+            Ok(kernel::Fit::Made(f)) => Ok(KernelSide {
+                mq: Some(f.mq),
+                depth: f.depth,
+                notes: f.notes,
+            }),
+            Ok(kernel::Fit::Impossible(why)) => Ok(KernelSide {
+                mq: None,
+                depth: want,
+                notes: vec![format!("the kernel row could not run: {why}")],
+            }),
+            Err(e) => Err(Failure::plain(format!(
+                "bench: kernel queue {name}: {}",
+                super::io_message(&e)
+            ))),
+        }
+    }
+
+    /// Runs shmq, and the kernel when it has a queue, side by side.
+    fn versus(
+        &self,
+        label: &str,
+        shmq: &mut dyn FnMut(u64) -> io::Result<Measure>,
+        kernel: Option<&mut dyn FnMut(u64) -> io::Result<Measure>>,
+    ) -> Result<(Stat, Option<Stat>), Failure> {
+        let mut peers: Vec<Peer<'_>> = vec![("shmq", shmq)];
+        if let Some(k) = kernel {
+            peers.push(("kernel mq", k));
+        }
+        let stats = self.plan.run(label, &mut peers)?;
+        Ok((stats[0], stats.get(1).copied()))
+    }
+
+    /// The uncontended send+receive pair.
+    fn pair(&mut self) -> Result<(), Failure> {
+        let s = self.shmq_queue("pair", 10, SMALL)?;
+        let k = self.kernel_queue("pair", 10, SMALL)?;
+        let (sv, kv) = match &k.mq {
+            Some(kq) => self.versus(
+                "send+receive pair",
+                &mut |n| pair(&s, n),
+                Some(&mut |n| pair(kq, n)),
+            )?,
+            None => self.versus("send+receive pair", &mut |n| pair(&s, n), None)?,
+        };
+        self.rows.push(Row {
+            case: "pair".into(),
+            description: format!("send+receive pair, {}, one thread", size(SMALL)),
+            unit: Unit::Nanos,
+            msg_len: SMALL,
+            shmq: sv.value,
+            kernel: kv.map(|k| k.value),
+            baseline: None,
+            kernel_depth: None,
+            notes: k.notes,
+        });
+        Ok(())
+    }
+
+    /// Ping-pong with the two sides on two different CPUs.
+    fn ping_pong_across(&mut self, cpus: &[usize]) -> Result<(), Failure> {
+        let &[a, b, ..] = cpus else {
+            self.notes.push(
+                "ping-pong across CPUs did not run: this process may use one CPU only".into(),
+            );
+            return Ok(());
+        };
+        let (sp, sq) = (
+            self.shmq_queue("ping", 10, SMALL)?,
+            self.shmq_queue("pong", 10, SMALL)?,
+        );
+        let kp = self.kernel_queue("ping", 10, SMALL)?;
+        let kq = self.kernel_queue("pong", 10, SMALL)?;
+        let label = "ping-pong across CPUs";
+        let (sv, kv) = match (&kp.mq, &kq.mq) {
+            (Some(kp), Some(kq)) => self.versus(
+                label,
+                &mut |n| ping_pong(&sp, &sq, Some((a, b)), n),
+                Some(&mut |n| ping_pong(kp, kq, Some((a, b)), n)),
+            )?,
+            _ => self.versus(label, &mut |n| ping_pong(&sp, &sq, Some((a, b)), n), None)?,
+        };
+        let mut notes = [kp.notes, kq.notes].concat();
+        notes.push(format!(
+            "ping-pong across CPUs: the two threads pinned to cpu{a} and cpu{b}"
+        ));
+        self.push_ping_pong("pingpong", label, sv, kv, &notes);
+        Ok(())
+    }
+
+    /// Ping-pong with both sides on one CPU, where spinning cannot help. shmq
+    /// decides whether to spin when a queue is opened, from the opening
+    /// thread's CPU affinity: the queue is opened by a thread already pinned
+    /// (as in a process started under `taskset`); and, for comparison, a
+    /// queue opened before pinning (shmq then believes it may spin).
+    fn ping_pong_one_cpu(&mut self, cpus: &[usize]) -> Result<(), Failure> {
+        let Some(&a) = cpus.first() else {
+            return Ok(());
+        };
+        let early = if cpus.len() > 1 {
+            Some((
+                self.shmq_queue("ping-early", 10, SMALL)?,
+                self.shmq_queue("pong-early", 10, SMALL)?,
+            ))
+        } else {
+            None
+        };
+        let pinned = cpu::Pinned::to(a).map_err(|e| {
+            Failure::plain(format!(
+                "bench: pinning to cpu{a}: {}",
+                super::io_message(&e)
+            ))
+        })?;
+        let (sp, sq) = (
+            self.shmq_queue("ping-1cpu", 10, SMALL)?,
+            self.shmq_queue("pong-1cpu", 10, SMALL)?,
+        );
+        let kp = self.kernel_queue("ping-1cpu", 10, SMALL)?;
+        let kq = self.kernel_queue("pong-1cpu", 10, SMALL)?;
+        let label = "ping-pong on one CPU";
+        let on = Some((a, a));
+        let mut run_shmq = |n| ping_pong(&sp, &sq, on, n);
+        let mut run_early = |n| match &early {
+            Some((p, q)) => ping_pong(p, q, on, n),
+            None => Err(io::Error::other("no queue")),
+        };
+        let mut run_kernel = |n| match (&kp.mq, &kq.mq) {
+            (Some(p), Some(q)) => ping_pong(p, q, on, n),
+            _ => Err(io::Error::other("no queue")),
+        };
+        let mut peers: Vec<Peer<'_>> = vec![("shmq", &mut run_shmq)];
+        if early.is_some() {
+            peers.push(("shmq (opened before pinning)", &mut run_early));
+        }
+        let with_kernel = kp.mq.is_some() && kq.mq.is_some();
+        if with_kernel {
+            peers.push(("kernel mq", &mut run_kernel));
+        }
+        let stats = self.plan.run(label, &mut peers)?;
+        drop(peers);
+        drop(pinned);
+        let kernel = with_kernel.then(|| stats[stats.len() - 1]);
+        let mut notes = [kp.notes, kq.notes].concat();
+        notes.push(format!(
+            "ping-pong on one CPU: both threads pinned to cpu{a}, the shmq queue opened after pinning"
+        ));
+        self.push_ping_pong("pingpong-1cpu", label, stats[0], kernel, &notes);
+        if early.is_some() {
+            notes.pop();
+            notes.push(format!(
+                "late pinning: the shmq queue was opened before its threads were pinned to cpu{a}; shmq then still spins"
+            ));
+            self.push_ping_pong(
+                "pingpong-1cpu-late",
+                "ping-pong on one CPU, late pinning",
+                stats[1],
+                kernel,
+                &notes,
+            );
+        }
+        Ok(())
+    }
+
+    /// The median and p99 rows of a ping-pong case.
+    fn push_ping_pong(
+        &mut self,
+        case: &str,
+        label: &str,
+        shmq: Stat,
+        kernel: Option<Stat>,
+        notes: &[String],
+    ) {
+        for (suffix, what, s, k) in [
+            ("", "median", shmq.value, kernel.map(|k| k.value)),
+            ("-p99", "p99", shmq.p99, kernel.map(|k| k.p99)),
+        ] {
+            self.rows.push(Row {
+                case: format!("{case}{suffix}"),
+                description: format!("{label}, {what}"),
+                unit: Unit::Nanos,
+                msg_len: SMALL,
+                shmq: s,
+                kernel: k,
+                baseline: None,
+                kernel_depth: None,
+                notes: notes.to_vec(),
+            });
+        }
+    }
+
+    /// `producers` threads streaming `msg_len`-byte messages to one
+    /// receiver through a queue of `depth` messages.
+    fn stream(&mut self, producers: u64, msg_len: usize, depth: usize) -> Result<(), Failure> {
+        let tag = format!("stream-{producers}-{msg_len}-{depth}");
+        let msg = vec![0x5au8; msg_len];
+        let s = self.shmq_queue(&tag, depth, msg_len)?;
+        let k = self.kernel_queue(&tag, depth, msg_len)?;
+        let what = if producers == 1 {
+            "streaming 1->1".to_string()
+        } else {
+            format!("{producers} producers -> 1 consumer")
+        };
+        let mut description = format!("{what}, {}, depth {depth}", size(msg_len));
+        if k.mq.is_some() && k.depth != depth as i64 {
+            description.push_str(&format!(" (kernel: {})", k.depth));
+        }
+        let (sv, kv) = match &k.mq {
+            Some(kq) => self.versus(
+                &description,
+                &mut |n| stream(&s, producers, &msg, n),
+                Some(&mut |n| stream(kq, producers, &msg, n)),
+            )?,
+            None => self.versus(&description, &mut |n| stream(&s, producers, &msg, n), None)?,
+        };
+        let case = match (producers, msg_len) {
+            (1, SMALL) => format!("stream-{depth}"),
+            (1, _) => format!(
+                "stream-{}-{depth}",
+                size(msg_len).replace(' ', "").to_lowercase()
+            ),
+            _ => format!("mpsc{producers}-{depth}"),
+        };
+        self.rows.push(Row {
+            case,
+            description,
+            unit: Unit::PerSec,
+            msg_len,
+            shmq: sv.value,
+            kernel: kv.map(|k| k.value),
+            baseline: None,
+            kernel_depth: k.mq.is_some().then_some(k.depth),
+            notes: k.notes,
+        });
+        Ok(())
+    }
+
+    /// shmq alone: the pair on a queue holding 100,000 messages, and on one
+    /// with 32,768 distinct priorities in use, against the pair on an empty
+    /// queue (all at the top priority, 32,767), interleaved.
+    fn cost_vs_contents(&mut self) -> Result<(), Failure> {
+        const DEEP: usize = 100_000;
+        const TOP: u32 = 32_767;
+        let fill = |q: &shmq::PosixMq, prio: &dyn Fn(usize) -> u32, n: usize| {
+            (0..n).try_for_each(|i| q.send(prio(i), &MSG)).map_err(|e| {
+                Failure::plain(format!("bench: filling a queue: {}", super::io_message(&e)))
+            })
+        };
+        let empty = self.shmq_queue("empty", 10, SMALL)?;
+        // 100,000 messages at the pair's priority: each pair appends one and
+        // takes the oldest, so the queue stays 100,000 deep.
+        let deep = self.shmq_queue("deep", DEEP + 1, SMALL)?;
+        fill(&deep, &|_| TOP, DEEP)?;
+        // One message at each priority below the pair's: with the pair's own,
+        // all 32,768 priorities are in use.
+        let spread = self.shmq_queue("spread", TOP as usize + 1, SMALL)?;
+        fill(&spread, &|i| i as u32, TOP as usize)?;
+        let stats = self.plan.run(
+            "cost vs queue contents",
+            &mut [
+                ("shmq, empty queue", &mut |n| pair_at(&empty, TOP, n)),
+                ("shmq, 100,000 queued", &mut |n| pair_at(&deep, TOP, n)),
+                ("shmq, 32,768 priorities", &mut |n| pair_at(&spread, TOP, n)),
+            ],
+        )?;
+        for (case, description, stat) in [
+            (
+                "pair-100000-queued",
+                "send+receive pair, 100,000 messages queued",
+                stats[1],
+            ),
+            (
+                "pair-32768-priorities",
+                "send+receive pair, 32,768 distinct priorities",
+                stats[2],
+            ),
+        ] {
+            self.rows.push(Row {
+                case: case.into(),
+                description: description.into(),
+                unit: Unit::Nanos,
+                msg_len: SMALL,
+                shmq: stat.value,
+                kernel: None,
+                baseline: Some(stats[0].value),
+                kernel_depth: None,
+                notes: Vec::new(),
+            });
+        }
+        Ok(())
+    }
 }
 
 pub fn run(ctx: &Ctx, a: &BenchArgs) -> Outcome {
-    let dir = ctx.dir()?.to_path_buf();
-    let plan = Plan {
-        reps: a.reps.unwrap_or(if a.quick { 3 } else { 7 }),
-        target: if a.quick {
-            Duration::from_millis(10)
-        } else {
-            Duration::from_millis(250)
-        },
-        progress: Progress {
-            on: !a.quiet,
-            tty: io::stderr().is_terminal(),
-        },
-    };
-    let pid = std::process::id();
-    // shmq queues are created in the queue directory and unlinked at once,
-    // like the kernel ones: nothing is left behind, whatever happens.
-    let shmq_queue = |tag: &str, depth: usize| -> Result<shmq::PosixMq, Failure> {
-        let name = format!("/mqtool-bench-{pid}-{tag}");
-        let q = shmq::OpenOptions::readwrite()
-            .capacity(depth)
-            .max_msg_len(MSG_LEN)
-            .create_new()
-            .dir(&dir)
-            .open(&name)
-            .map_err(|e| Failure::new(format!("bench: {name}"), crate::exit::describe_io(&e)))?;
-        shmq::remove_queue_in(&dir, &name)
-            .map_err(|e| Failure::new(format!("bench: {name}"), crate::exit::describe_io(&e)))?;
-        Ok(q)
-    };
-    let kernel_queue =
-        |tag: &str, depth: i64| -> Result<(KernelMq, i64, Option<String>), Failure> {
-            let name = format!("/mqtool-bench-{pid}-{tag}");
-            kernel::create_deep(&name, depth, MSG_LEN as i64).map_err(|e| {
-                Failure::plain(format!(
-                    "bench: kernel queue {name}: {}",
-                    super::io_message(&e)
-                ))
-            })
-        };
-
-    let mut rows = Vec::new();
-    {
-        let s = shmq_queue("pair", 10)?;
-        let (k, _, note) = kernel_queue("pair", 10)?;
-        let (sv, kv) = plan.run("send+receive pair", &mut |n| pair(&s, n), &mut |n| {
-            pair(&k, n)
-        })?;
-        rows.push(Row {
-            case: "pair",
-            description: "send+receive pair, one thread".into(),
-            unit: Unit::Nanos,
-            shmq: sv,
-            kernel: kv,
-            kernel_depth: None,
-            note,
-        });
-    }
-    {
-        let (sp, sq) = (shmq_queue("ping", 10)?, shmq_queue("pong", 10)?);
-        let (kp, _, _) = kernel_queue("ping", 10)?;
-        let (kq, _, note) = kernel_queue("pong", 10)?;
-        let (sv, kv) = plan.run("ping-pong", &mut |n| ping_pong(&sp, &sq, n), &mut |n| {
-            ping_pong(&kp, &kq, n)
-        })?;
-        rows.push(Row {
-            case: "pingpong",
-            description: "ping-pong round trip, two threads".into(),
-            unit: Unit::Nanos,
-            shmq: sv,
-            kernel: kv,
-            kernel_depth: None,
-            note,
-        });
-    }
-    for depth in [10usize, 256] {
-        let s = shmq_queue(&format!("stream{depth}"), depth)?;
-        let (k, kdepth, note) = kernel_queue(&format!("stream{depth}"), depth as i64)?;
-        let label = format!("streaming depth {depth}");
-        let (sv, kv) = plan.run(&label, &mut |n| stream(&s, n), &mut |n| stream(&k, n))?;
-        let description = if kdepth == depth as i64 {
-            format!("streaming 1->1, depth {depth}")
-        } else {
-            format!("streaming 1->1, depth {depth} (kernel: {kdepth})")
-        };
-        rows.push(Row {
-            case: if depth == 10 {
-                "stream-10"
+    let mut b = Bench {
+        dir: ctx.dir()?.to_path_buf(),
+        pid: std::process::id(),
+        plan: Plan {
+            reps: a.reps.unwrap_or(if a.quick { 3 } else { 7 }),
+            target: if a.quick {
+                Duration::from_millis(10)
             } else {
-                "stream-256"
+                Duration::from_millis(180)
             },
-            description,
-            unit: Unit::PerSec,
-            shmq: sv,
-            kernel: kv,
-            kernel_depth: Some(kdepth),
-            note,
-        });
+            progress: Progress {
+                on: !a.quiet,
+                tty: io::stderr().is_terminal(),
+            },
+        },
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    let cpus = cpu::allowed()
+        .map_err(|e| Failure::plain(format!("bench: CPU affinity: {}", super::io_message(&e))))?;
+    b.pair()?;
+    b.ping_pong_across(&cpus)?;
+    b.ping_pong_one_cpu(&cpus)?;
+    for len in [SMALL, 16] {
+        for depth in [10, 256] {
+            b.stream(1, len, depth)?;
+        }
     }
-    plan.progress.done();
-    report(ctx, &plan, &rows)?;
+    b.stream(1, 4096, 10)?;
+    b.stream(1, 4096, 256)?;
+    b.stream(1, 65536, 10)?;
+    b.stream(4, SMALL, 256)?;
+    b.stream(4, SMALL, 10)?;
+    b.cost_vs_contents()?;
+    b.plan.progress.done();
+    report(ctx, &b)?;
     Ok(Exit::Success)
 }
 
-fn report(ctx: &Ctx, plan: &Plan, rows: &[Row]) -> io::Result<()> {
+fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
     let mut out = io::stdout().lock();
     if ctx.json {
-        for r in rows {
+        for r in &b.rows {
             json_line(
                 &mut out,
                 &BenchJson {
                     kind: "bench",
-                    case: r.case,
+                    case: &r.case,
                     description: &r.description,
                     unit: r.unit.json(),
                     shmq: r.shmq,
                     kernel: r.kernel,
-                    ratio: r.unit.ratio(r.shmq, r.kernel),
-                    repetitions: plan.reps,
+                    ratio: r.kernel.map(|k| r.unit.ratio(r.shmq, k)),
+                    repetitions: b.plan.reps,
                     kernel_depth: r.kernel_depth,
-                    note: r.note.clone(),
+                    note: (!r.notes.is_empty()).then(|| r.notes.join("; ")),
+                    msg_len: r.msg_len,
+                    baseline: r.baseline,
                 },
             )?;
         }
@@ -391,30 +793,76 @@ fn report(ctx: &Ctx, plan: &Plan, rows: &[Row]) -> io::Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     writeln!(
         out,
-        "shmq vs the kernel's mq, {MSG_LEN}-byte messages, medians of {} interleaved repetitions, {cpus} CPUs",
-        plan.reps
+        "shmq vs the kernel's mq, medians of {} interleaved repetitions, {cpus} CPU{}",
+        b.plan.reps,
+        if cpus == 1 { "" } else { "s" }
     )?;
-    let table: Vec<Vec<String>> = rows
+    let versus: Vec<Vec<String>> = b
+        .rows
         .iter()
+        .filter(|r| r.baseline.is_none())
         .map(|r| {
+            let (kernel, ratio) = match r.kernel {
+                Some(k) => (
+                    r.unit.show(k, r.msg_len),
+                    format!("{}x", output::sig3(r.unit.ratio(r.shmq, k))),
+                ),
+                None => ("-".into(), "-".into()),
+            };
             vec![
                 r.description.clone(),
-                r.unit.show(r.shmq),
-                r.unit.show(r.kernel),
-                format!("{}x", output::sig3(r.unit.ratio(r.shmq, r.kernel))),
+                r.unit.show(r.shmq, r.msg_len),
+                kernel,
+                ratio,
             ]
         })
         .collect();
     output::table(
         &mut out,
         &["CASE", ">SHMQ", ">KERNEL MQ", ">SPEED-UP"],
-        &table,
+        &versus,
     )?;
     writeln!(
         out,
         "(speed-up: how many times faster shmq is than the kernel's mq)"
     )?;
-    for note in rows.iter().filter_map(|r| r.note.as_deref()) {
+    let alone: Vec<Vec<String>> = b
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let base = r.baseline?;
+            Some(vec![
+                r.description.clone(),
+                r.unit.show(r.shmq, r.msg_len),
+                r.unit.show(base, r.msg_len),
+                format!("{}x", output::sig3(r.shmq / base)),
+            ])
+        })
+        .collect();
+    if !alone.is_empty() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "shmq alone, cost vs queue contents (more than the kernel's mq can hold)"
+        )?;
+        output::table(
+            &mut out,
+            &["CASE", ">SHMQ", ">EMPTY QUEUE", ">SLOWDOWN"],
+            &alone,
+        )?;
+        writeln!(
+            out,
+            "(slowdown: time over the same pair on an empty queue; flat is within 1.2x)"
+        )?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for note in b
+        .rows
+        .iter()
+        .flat_map(|r| &r.notes)
+        .chain(&b.notes)
+        .filter(|n| seen.insert(n.as_str()))
+    {
         writeln!(out, "note: {note}")?;
     }
     if cfg!(debug_assertions) {
