@@ -41,8 +41,19 @@ pub const DEFAULT_MAXMSG: i64 = 10;
 /// Default message size when no attributes are given (Linux's default).
 pub const DEFAULT_MSGSIZE: i64 = 8192;
 
-const SPIN_MIN_NS: u32 = 1_000;
+/// Adaptive spin before sleeping: the length doubles after a spin that
+/// ended with the condition true and halves after one that did not, down to
+/// nothing. Where spinning cannot succeed (the peer shares the CPU), it
+/// stops, except a short probe every [`SPIN_PROBE_EVERY`] waits.
 const SPIN_MAX_NS: u32 = 30_000;
+/// Below this, a spin is not worth starting.
+const SPIN_MIN_NS: u32 = 500;
+/// Length of a probing spin.
+const SPIN_PROBE_NS: u32 = 2_000;
+/// Waits between probes while spinning is off.
+const SPIN_PROBE_EVERY: u32 = 32;
+/// Longest spin on a contended lock (see `mutex::lock_spinning`).
+const LOCK_SPIN_NS: u32 = 5_000;
 /// How often a sleeper looks for dead processes holding slots mid-copy.
 const INFLIGHT_POLL: Duration = Duration::from_millis(10);
 /// How often a sleeper of the C API returns to look for a pending thread
@@ -93,6 +104,7 @@ pub struct Queue {
 struct Tuning {
     spin_ns: AtomicU32,
     futile_wakes: AtomicU32,
+    probe: AtomicU32,
 }
 
 /// An open queue description: what `mq_open` creates and `dup`/`fork` share.
@@ -236,6 +248,7 @@ impl Queue {
             can_spin: sys::usable_cpus() > 1,
             tuning: Tuning {
                 spin_ns: AtomicU32::new(SPIN_MAX_NS / 2),
+                probe: AtomicU32::new(0),
                 futile_wakes: AtomicU32::new(0),
             },
         }
@@ -270,11 +283,14 @@ impl Queue {
     #[inline]
     pub fn lock(&self) -> Result<Guard<'_>> {
         let r = self.region();
-        let acquired = if self.can_spin {
-            mutex::lock_spinning(r)
+        // The lock is held for tens of nanoseconds: spin a little on it,
+        // unless spinning does not pay here (then the wait spin is off too).
+        let spin = if self.can_spin {
+            self.tuning.spin_ns.load(Relaxed).min(LOCK_SPIN_NS)
         } else {
-            mutex::lock(r)
+            0
         };
+        let acquired = mutex::lock_spinning(r, spin);
         match acquired {
             Ok(Acquired::Clean) => Ok(Guard { q: self }),
             Ok(Acquired::OwnerDied) => {
@@ -343,24 +359,33 @@ impl Queue {
         }
     }
 
+    /// Spins until `side` is ready or the adaptive limit passes; adapts the
+    /// limit to the outcome.
     fn spin(&self, side: Side) -> bool {
+        let t = &self.tuning;
+        let mut n = t.spin_ns.load(Relaxed);
+        if n < SPIN_MIN_NS {
+            if t.probe.fetch_add(1, Relaxed) % SPIN_PROBE_EVERY != 0 {
+                return false;
+            }
+            n = SPIN_PROBE_NS;
+        }
         let r = self.region();
-        let limit = Duration::from_nanos(u64::from(self.tuning.spin_ns.load(Relaxed)));
+        let limit = Duration::from_nanos(u64::from(n));
         let start = Instant::now();
         loop {
             for _ in 0..64 {
                 if side.ready(r) {
-                    let n = self.tuning.spin_ns.load(Relaxed);
-                    self.tuning
-                        .spin_ns
-                        .store((n.saturating_mul(2)).min(SPIN_MAX_NS), Relaxed);
+                    t.spin_ns
+                        .store(n.saturating_mul(2).min(SPIN_MAX_NS), Relaxed);
                     return true;
                 }
                 std::hint::spin_loop();
             }
             if start.elapsed() >= limit {
-                let n = self.tuning.spin_ns.load(Relaxed);
-                self.tuning.spin_ns.store((n / 2).max(SPIN_MIN_NS), Relaxed);
+                let half = n / 2;
+                t.spin_ns
+                    .store(if half < SPIN_MIN_NS { 0 } else { half }, Relaxed);
                 return false;
             }
         }

@@ -80,8 +80,9 @@ pub fn lock(r: &Region) -> Result<Acquired, i32> {
 /// read here: the owner's thread id is the first `int` of a glibc
 /// `pthread_mutex_t` (`__data.__lock`); the lock itself is always taken by
 /// `pthread_mutex_trylock` or `pthread_mutex_lock`.
+/// Spins for at most `spin_ns` (0: sleeps at once).
 #[inline]
-pub fn lock_spinning(r: &Region) -> Result<Acquired, i32> {
+pub fn lock_spinning(r: &Region, spin_ns: u32) -> Result<Acquired, i32> {
     // SAFETY: the region holds an initialised process-shared mutex in place.
     match unsafe { libc::pthread_mutex_trylock(r.mutex_ptr()) } {
         0 => return Ok(Acquired::Clean),
@@ -89,17 +90,18 @@ pub fn lock_spinning(r: &Region) -> Result<Acquired, i32> {
         libc::EBUSY => {}
         e => return Err(e),
     }
-    contended(r)
+    contended(r, spin_ns)
 }
 
 #[cold]
-fn contended(r: &Region) -> Result<Acquired, i32> {
+fn contended(r: &Region, spin_ns: u32) -> Result<Acquired, i32> {
     const FUTEX_TID_MASK: i32 = 0x3fff_ffff;
+    let limit = std::time::Duration::from_nanos(u64::from(spin_ns));
     // SAFETY: the mutex is at least 4 bytes, 4-aligned, and glibc updates its
     // first int atomically; reading it atomically is a hint only.
     let word = unsafe { &*(r.mutex_ptr() as *const std::sync::atomic::AtomicI32) };
     let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_micros(SPIN_MICROS) {
+    while start.elapsed() < limit {
         for _ in 0..16 {
             std::hint::spin_loop();
         }
@@ -116,9 +118,6 @@ fn contended(r: &Region) -> Result<Acquired, i32> {
     }
     lock(r)
 }
-
-/// How long [`lock_spinning`] spins before sleeping.
-const SPIN_MICROS: u64 = 20;
 
 /// Unlocks the region's mutex; the calling thread must hold it.
 #[inline]
