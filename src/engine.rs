@@ -546,12 +546,14 @@ impl Queue {
             return Err(Error::Os(Errno::ETIMEDOUT));
         }
         w.register(r, side);
-        if self.reap_inflight(g) {
-            return Ok(());
-        }
         if !w.spun && self.can_spin {
             w.spun = true;
             g.unlocked(|| self.spin(side))?;
+            return Ok(());
+        }
+        // About to sleep: first make sure no dead process holds what we
+        // wait for mid-copy (this reads /proc, so not before spinning).
+        if self.reap_inflight(g) {
             return Ok(());
         }
         let word = side.word(r);
