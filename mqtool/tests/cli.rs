@@ -674,6 +674,92 @@ fn watch_prints_samples() {
     assert!(sent > 0.0, "{samples:?}");
 }
 
+/// `tmux` with a private server socket in the test's directory.
+fn tmux(sock: &Path, args: &[&str]) -> String {
+    let o = Command::new("tmux")
+        .arg("-S")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tmux {args:?}: {o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn watch_redraws_in_place_on_a_terminal() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        // .ci/run installs tmux; elsewhere say loudly what was not checked.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tmux is required in CI for the terminal test of `mqtool watch`"
+        );
+        eprintln!("SKIPPED watch_redraws_in_place_on_a_terminal: tmux is not installed");
+        return;
+    }
+    let env = Env::new("watch-tty");
+    env.ok(&["create", "/tty", "--capacity", "20"]);
+    let sock = env.dir.join("tmux.sock");
+    let cmd = format!(
+        "env SHMQ_DIR={} {BIN} watch /tty --interval 100ms",
+        env.dir.display()
+    );
+    tmux(
+        &sock,
+        &[
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "w",
+            "-x",
+            "100",
+            "-y",
+            "20",
+        ],
+    );
+    tmux(&sock, &["set-option", "-t", "w", "remain-on-exit", "on"]);
+    tmux(&sock, &["respawn-pane", "-k", "-t", "w", &cmd]);
+    let screen = || tmux(&sock, &["capture-pane", "-p", "-t", "w"]);
+    let kill = || {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .arg("kill-server")
+            .status();
+    };
+    let check = std::panic::catch_unwind(|| {
+        eventually("the first frame", || {
+            screen().contains("depth          0 / 20")
+        });
+        env.ok(&["send", "/tty", "a", "b", "c"]);
+        eventually("a redrawn frame", || {
+            screen().contains("depth          3 / 20")
+        });
+        // Redrawn in place: one frame on screen, at the top, never scrolled.
+        let s = screen();
+        let lines: Vec<&str> = s.lines().collect();
+        assert!(lines[0].starts_with("/tty   every 100ms"), "{s}");
+        assert_eq!(s.matches("every 100ms").count(), 1, "{s}");
+        assert_eq!(s.matches("depth ").count(), 1, "{s}");
+        assert!(
+            lines[2].starts_with("sent ") && lines[2].ends_with("total 3"),
+            "{s}"
+        );
+        assert!(!s.contains("0 / 20"), "stale text left behind: {s}");
+        // Ctrl-C ends it like any other terminal program.
+        tmux(&sock, &["send-keys", "-t", "w", "C-c"]);
+        eventually("watch to exit on Ctrl-C", || {
+            tmux(&sock, &["display-message", "-p", "-t", "w", "#{pane_dead}"]).trim() == "1"
+        });
+    });
+    kill();
+    if let Err(e) = check {
+        std::panic::resume_unwind(e);
+    }
+}
+
 #[test]
 fn bench_quick_prints_the_table() {
     let env = Env::new("bench");
