@@ -44,12 +44,16 @@ pub const DEFAULT_MSGSIZE: i64 = 8192;
 /// Adaptive spin before sleeping: the length doubles after a spin that
 /// ended with the condition true and halves after one that did not, down to
 /// nothing. Where spinning cannot succeed (the peer shares the CPU), it
-/// stops, except a short probe every [`SPIN_PROBE_EVERY`] waits.
-const SPIN_MAX_NS: u32 = 30_000;
+/// stops, except a probe every [`SPIN_PROBE_EVERY`] waits while the thread
+/// may run on more than one CPU. The longest spin outlasts a cross-CPU
+/// futex wake-up (25-30 µs on the development VM) by a wide margin.
+const SPIN_MAX_NS: u32 = 100_000;
 /// Below this, a spin is not worth starting.
 const SPIN_MIN_NS: u32 = 500;
-/// Length of a probing spin.
-const SPIN_PROBE_NS: u32 = 2_000;
+/// Length of a probing spin: the longest, because a peer that sleeps too
+/// takes a whole futex wake-up to answer, and a shorter probe could never
+/// see two sleeping peers back to spinning.
+const SPIN_PROBE_NS: u32 = SPIN_MAX_NS;
 /// Waits between probes while spinning is off.
 const SPIN_PROBE_EVERY: u32 = 32;
 /// Longest spin on a contended lock (see `mutex::lock_spinning`).
@@ -366,6 +370,10 @@ impl Queue {
         let mut n = t.spin_ns.load(Relaxed);
         if n < SPIN_MIN_NS {
             if t.probe.fetch_add(1, Relaxed) % SPIN_PROBE_EVERY != 0 {
+                return false;
+            }
+            // Pinned to one CPU, the peer cannot run while we spin.
+            if sys::thread_cpus() < 2 {
                 return false;
             }
             n = SPIN_PROBE_NS;
