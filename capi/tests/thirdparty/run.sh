@@ -11,6 +11,10 @@
 # test processes, never for pip, cargo or gcc), after checking with the dynamic
 # linker that every mq_* symbol the tested code imports binds to that library.
 #
+# With SHMQ_COMPAT_LIB=/path/to/libshmq.so the openposix suite is also built
+# through the compatibility header (-include shmq_compat.h, -lshmq) and run
+# without any preload.
+#
 # Prints "thirdparty <suite>: N passed, N failed[, N skipped]" per suite, then
 # "thirdparty all: ..." and exits non-zero if anything failed.
 #
@@ -59,6 +63,14 @@ summary() { # name passed failed skipped
 }
 
 # ---------------------------------------------------------------- preload mode
+COMPAT_LIB=
+if [ -n "${SHMQ_COMPAT_LIB:-}" ]; then
+    if [ ! -f "$SHMQ_COMPAT_LIB" ]; then
+        echo "SHMQ_COMPAT_LIB=$SHMQ_COMPAT_LIB: no such file" >&2
+        exit 2
+    fi
+    COMPAT_LIB=$(cd "$(dirname "$SHMQ_COMPAT_LIB")" && pwd -P)/$(basename "$SHMQ_COMPAT_LIB")
+fi
 PRELOAD=
 if [ -n "${SHMQ_PRELOAD:-}" ]; then
     if [ ! -f "$SHMQ_PRELOAD" ]; then
@@ -481,8 +493,69 @@ openposix_source() { # prints the unpacked suite's directory, fetching it if nee
     [ -n "$top" ] && (cd "$top/../../.." && pwd -P)
 }
 
+# Builds the suite's programs into BIN, with extra compiler arguments and
+# libraries (words; once: BIN/.built marks a finished build).
+openposix_build() { # src bin label test-list [cflags [libs]]
+    local src=$1 bin=$2 label=$3 tests=$4 t
+    local cflags libs
+    read -r -a cflags <<<"${5:-}"
+    read -r -a libs <<<"${6:-}"
+    [ -f "$bin/.built" ] && return
+    local blog=$LOGS/openposix-build-$label.log
+    note "$label: building $(echo "$tests" | wc -l) tests from $src"
+    rm -rf "$bin"; mkdir -p "$bin"; : >"$blog"
+    for t in $tests; do
+        gcc -O2 -std=gnu99 -D_POSIX_C_SOURCE=200112L -D_GNU_SOURCE -I"$src/include" -w "${cflags[@]}" \
+            "$src/conformance/interfaces/$t.c" -o "$bin/${t//\//_}" "${libs[@]}" -lpthread -lrt >>"$blog" 2>&1 ||
+            echo "BUILD FAILED: $t" >>"$blog"
+    done
+    touch "$bin/.built"
+}
+
+# Runs the programs in BIN (with PRELOAD, if not empty) and adds up the
+# results under LABEL, with FAILED failures found before.
+openposix_run() { # bin label test-list preload failed
+    local bin=$1 label=$2 tests=$3 preload=$4 P=0 F=$5 S=0
+    local tlogs=$LOGS/$label results=$WORK/openposix/results-$label.txt
+    rm -rf "$tlogs"; mkdir -p "$tlogs"
+    if unshare --user --map-root-user --ipc true 2>/dev/null; then
+        echo "$tests" | unshare --user --map-root-user --ipc \
+            bash "$HERE/openposix_inner.sh" "$bin" "$tlogs" "$OPENPOSIX_MSG_MAX" "$preload" >"$results" 2>&1
+    else
+        note "$label: cannot make a user+IPC namespace; running with the machine's msg_max"
+        echo "$tests" | bash "$HERE/openposix_inner.sh" "$bin" "$tlogs" "" "$preload" >"$results" 2>&1
+    fi
+    grep '^#' "$results" | sed "s/^# /[thirdparty] $label: /"
+
+    local t rc xfail why
+    while read -r t rc; do
+        case $t in \#*|'') continue ;; esac
+        xfail=0
+        case " $OPENPOSIX_XFAIL " in *" $t "*) xfail=1 ;; esac
+        case $rc in
+            0)  P=$((P + 1))
+                [ $xfail = 1 ] && note "$label: $t passed (listed in OPENPOSIX_XFAIL)" ;;
+            4|5) S=$((S + 1)) ;;  # UNSUPPORTED, UNTESTED
+            *)  case $rc in
+                    1) why=FAILED ;; 2) why=UNRESOLVED ;; 124) why=HUNG ;;
+                    build-failed) why="BUILD FAILED" ;; *) why="exit $rc" ;;
+                esac
+                if [ $xfail = 1 ]; then
+                    S=$((S + 1)); note "$label: $t $why (expected: see OPENPOSIX_XFAIL)"
+                else
+                    F=$((F + 1))
+                    note "$label: $t $why: $(head -c 600 "$tlogs/${t//\//_}.log" 2>/dev/null | tr '\n' ' ')"
+                fi ;;
+        esac
+    done <"$results"
+    if [ $((P + F + S)) = 0 ]; then
+        note "$label: no test ran; $results:"; cat "$results"; F=1
+    fi
+    summary "$label" $P $F $S
+}
+
 suite_openposix() {
-    local d=$WORK/openposix P=0 F=0 S=0
+    local d=$WORK/openposix
     mkdir -p "$d"
     local src
     src=$(openposix_source "$d")
@@ -490,69 +563,44 @@ suite_openposix() {
         note "openposix: could not get Debian's posixtestsuite source (see $LOGS/openposix-fetch.log)"
         summary openposix 0 1 0; return
     fi
-    local bin=$d/bin blog=$LOGS/openposix-build.log
-    local tests t
+    local tests t e
     tests=$(cd "$src/conformance/interfaces" &&
             find mq_* -maxdepth 1 -name '[0-9]*-*.c' | sed 's/\.c$//' | sort -V)
-    if [ ! -f "$bin/.built" ]; then
-        note "openposix: building $(echo "$tests" | wc -l) tests from $src"
-        rm -rf "$bin"; mkdir -p "$bin"; : >"$blog"
-        for t in $tests; do
-            gcc -O2 -std=gnu99 -D_POSIX_C_SOURCE=200112L -D_GNU_SOURCE -I"$src/include" -w \
-                "$src/conformance/interfaces/$t.c" -o "$bin/${t//\//_}" -lpthread -lrt >>"$blog" 2>&1 ||
-                echo "BUILD FAILED: $t" >>"$blog"
-        done
-        touch "$bin/.built"
-    fi
+    openposix_build "$src" "$d/bin" openposix "$tests"
 
+    local bad=0
     if [ -n "$PRELOAD" ]; then
-        local e bad=0
         for t in $tests; do
-            e=$bin/${t//\//_}
+            e=$d/bin/${t//\//_}
             [ -x "$e" ] || continue
             check_exe_bindings "openposix[$t]" "$e" >"$LOGS/openposix-bindings.txt" 2>&1 ||
                 { cat "$LOGS/openposix-bindings.txt"; bad=$((bad + 1)); }
         done
         [ $bad = 0 ] && note "openposix: every test's mq_* imports bind to the preload"
-        F=$((F + bad))
     fi
+    openposix_run "$d/bin" openposix "$tests" "$PRELOAD" $bad
 
-    local tlogs=$LOGS/openposix results=$d/results.txt
-    rm -rf "$tlogs"; mkdir -p "$tlogs"
-    if unshare --user --map-root-user --ipc true 2>/dev/null; then
-        echo "$tests" | unshare --user --map-root-user --ipc \
-            bash "$HERE/openposix_inner.sh" "$bin" "$tlogs" "$OPENPOSIX_MSG_MAX" "$PRELOAD" >"$results" 2>&1
-    else
-        note "openposix: cannot make a user+IPC namespace; running with the machine's msg_max"
-        echo "$tests" | bash "$HERE/openposix_inner.sh" "$bin" "$tlogs" "" "$PRELOAD" >"$results" 2>&1
-    fi
-    grep '^#' "$results" | sed 's/^# /[thirdparty] openposix: /'
-
-    local rc xfail why
-    while read -r t rc; do
-        case $t in \#*|'') continue ;; esac
-        xfail=0
-        case " $OPENPOSIX_XFAIL " in *" $t "*) xfail=1 ;; esac
-        case $rc in
-            0)  P=$((P + 1))
-                [ $xfail = 1 ] && note "openposix: $t passed (listed in OPENPOSIX_XFAIL)" ;;
-            4|5) S=$((S + 1)) ;;  # UNSUPPORTED, UNTESTED
-            *)  case $rc in
-                    1) why=FAILED ;; 2) why=UNRESOLVED ;; 124) why=HUNG ;;
-                    build-failed) why="BUILD FAILED" ;; *) why="exit $rc" ;;
-                esac
-                if [ $xfail = 1 ]; then
-                    S=$((S + 1)); note "openposix: $t $why (expected: see OPENPOSIX_XFAIL)"
-                else
-                    F=$((F + 1))
-                    note "openposix: $t $why: $(head -c 600 "$tlogs/${t//\//_}.log" 2>/dev/null | tr '\n' ' ')"
-                fi ;;
-        esac
-    done <"$results"
-    if [ $((P + F + S)) = 0 ]; then
-        note "openposix: no test ran; $results:"; cat "$results"; F=1
-    fi
-    summary openposix $P $F $S
+    # The same sources built through the compatibility header, unchanged
+    # but for -include shmq_compat.h, linked with libshmq, run without any
+    # preload.
+    [ -n "$COMPAT_LIB" ] || return 0
+    local libdir
+    libdir=$(dirname "$COMPAT_LIB")
+    openposix_build "$src" "$d/bin-compat" "openposix[compat]" "$tests" \
+        "-I$ROOT/capi/include -include shmq_compat.h" "-L$libdir -Wl,-rpath,$libdir -lshmq"
+    bad=0
+    for t in $tests; do
+        e=$d/bin-compat/${t//\//_}
+        [ -x "$e" ] || continue
+        # Every mq_* call must have become a shmq_* call.
+        if nm -D --undefined-only "$e" | awk '{print $NF}' | grep -qE '^(__)?mq_'; then
+            note "openposix[compat]: $t still imports $(nm -D --undefined-only "$e" |
+                awk '{print $NF}' | grep -E '^(__)?mq_' | tr '\n' ' ')"
+            bad=$((bad + 1))
+        fi
+    done
+    [ $bad = 0 ] && note "openposix[compat]: no test imports an mq_* symbol; they call shmq_*"
+    openposix_run "$d/bin-compat" "openposix[compat]" "$tests" "" $bad
 }
 
 # ----------------------------------------------------------------------- main
