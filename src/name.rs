@@ -51,21 +51,17 @@ pub fn file_name(name: &[u8]) -> Result<&OsStr> {
 }
 
 /// The queue directory for an optional builder setting; creates the default
-/// directory if it is missing.
+/// directory if it is missing, however it was named.
 pub fn queue_dir(explicit: Option<&Path>) -> Result<PathBuf> {
-    if let Some(d) = explicit {
-        return Ok(d.to_path_buf());
+    let d = match (explicit, std::env::var_os(DIR_ENV)) {
+        (Some(d), _) => d.to_path_buf(),
+        (None, Some(d)) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(DEFAULT_DIR),
+    };
+    if d == Path::new(DEFAULT_DIR) && !d.is_dir() {
+        crate::sys::ensure_shared_dir(&d)?;
     }
-    match std::env::var_os(DIR_ENV) {
-        Some(d) if !d.is_empty() => Ok(PathBuf::from(d)),
-        _ => {
-            let d = PathBuf::from(DEFAULT_DIR);
-            if !d.is_dir() {
-                crate::sys::ensure_shared_dir(&d)?;
-            }
-            Ok(d)
-        }
-    }
+    Ok(d)
 }
 
 #[cfg(test)]
