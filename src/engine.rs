@@ -294,13 +294,12 @@ impl Queue {
         } else {
             0
         };
-        let acquired = mutex::lock_spinning(r, spin);
-        match acquired {
-            Ok(Acquired::Clean) => Ok(Guard { q: self }),
-            Ok(Acquired::OwnerDied) => {
+        match mutex::lock_spinning(r, spin) {
+            Ok((Acquired::Clean, held)) => Ok(Guard { q: self, held }),
+            Ok((Acquired::OwnerDied, held)) => {
                 queue::rebuild(r, &mut proc::alive);
-                mutex::make_consistent(r);
-                Ok(Guard { q: self })
+                mutex::make_consistent(r, held);
+                Ok(Guard { q: self, held })
             }
             Err(e) => Err(Error::Os(Errno::from_raw(e))),
         }
@@ -446,20 +445,22 @@ impl Side {
 /// The queue lock, held.
 pub struct Guard<'q> {
     q: &'q Queue,
+    held: mutex::Held,
 }
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        mutex::unlock(self.q.region());
+        mutex::unlock(self.q.region(), self.held);
     }
 }
 
 impl Guard<'_> {
     /// Drops and retakes the lock around `f`.
     fn unlocked<T>(&mut self, f: impl FnOnce() -> T) -> Result<T> {
-        mutex::unlock(self.q.region());
+        mutex::unlock(self.q.region(), self.held);
         let out = f();
         let g = self.q.lock()?;
+        self.held = g.held;
         std::mem::forget(g);
         Ok(out)
     }
