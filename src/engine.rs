@@ -284,25 +284,33 @@ impl Queue {
     }
 
     /// Takes the queue lock, repairing the queue if its last owner died.
-    #[inline]
+    #[inline(always)]
     pub fn lock(&self) -> Result<Guard<'_>> {
         let r = self.region();
         // The lock is held for tens of nanoseconds: spin a little on it,
         // unless spinning does not pay here (then the wait spin is off too).
-        let spin = if self.can_spin {
-            self.tuning.spin_ns.load(Relaxed).min(LOCK_SPIN_NS)
-        } else {
-            0
+        let spin = || {
+            if self.can_spin {
+                self.tuning.spin_ns.load(Relaxed).min(LOCK_SPIN_NS)
+            } else {
+                0
+            }
         };
         match mutex::lock_spinning(r, spin) {
             Ok((Acquired::Clean, held)) => Ok(Guard { q: self, held }),
-            Ok((Acquired::OwnerDied, held)) => {
-                queue::rebuild(r, &mut proc::alive);
-                mutex::make_consistent(r, held);
-                Ok(Guard { q: self, held })
-            }
+            Ok((Acquired::OwnerDied, held)) => Ok(self.recover(held)),
             Err(e) => Err(Error::Os(Errno::from_raw(e))),
         }
+    }
+
+    /// The lock's last owner died: repairs the queue, then marks the lock
+    /// consistent.
+    #[cold]
+    fn recover(&self, held: mutex::Held) -> Guard<'_> {
+        let r = self.region();
+        queue::rebuild(r, &mut proc::alive);
+        mutex::make_consistent(r, held);
+        Guard { q: self, held }
     }
 
     /// Under the lock: rolls back slots held mid-copy by dead processes.
@@ -449,6 +457,7 @@ pub struct Guard<'q> {
 }
 
 impl Drop for Guard<'_> {
+    #[inline(always)]
     fn drop(&mut self) {
         mutex::unlock(self.q.region(), self.held);
     }
@@ -643,6 +652,8 @@ impl Description {
     /// Under the lock: calls `take` until it yields something, waiting for
     /// `side` (or failing with `EAGAIN` when non-blocking) while it yields
     /// nothing, and repairing the queue when it finds an inconsistency.
+    /// The callers try `take` once themselves first: this is the slow path.
+    #[inline(never)]
     fn acquire<'q, T>(
         &'q self,
         g: &mut Guard<'q>,
@@ -674,12 +685,14 @@ impl Description {
 
     /// `mq_timedsend`; `deadline` is absolute `CLOCK_REALTIME`, `None` blocks
     /// without limit (subject to `O_NONBLOCK`).
+    #[inline]
     pub fn send(&self, prio: u32, msg: &[u8], deadline: Option<&libc::timespec>) -> Result<()> {
         self.send_with(prio, msg, deadline, false)
     }
 
     /// [`send`](Description::send); with `cancel_poll`, a sleep is cut
     /// every 50 ms with `ERESTART` (see the C API's cancellation points).
+    #[inline]
     pub fn send_with(
         &self,
         prio: u32,
@@ -704,14 +717,17 @@ impl Description {
         let h = r.header();
         let mut g = q.lock()?;
         let mut attempts = 0;
-        let idx = self.acquire(
-            &mut g,
-            Side::Send,
-            deadline,
-            cancel_poll,
-            &mut attempts,
-            queue::alloc,
-        )?;
+        let idx = match queue::alloc(r) {
+            Ok(Some(idx)) => idx,
+            _ => self.acquire(
+                &mut g,
+                Side::Send,
+                deadline,
+                cancel_poll,
+                &mut attempts,
+                queue::alloc,
+            )?,
+        };
         if msg.len() <= INLINE_MAX {
             r.write_payload(idx, msg);
         } else {
@@ -746,6 +762,7 @@ impl Description {
     }
 
     /// `mq_timedreceive`: fills `buf`, returns `(len, prio)`.
+    #[inline]
     pub fn receive(
         &self,
         buf: &mut [u8],
@@ -756,6 +773,7 @@ impl Description {
 
     /// [`receive`](Description::receive); `cancel_poll` as for
     /// [`send_with`](Description::send_with).
+    #[inline]
     pub fn receive_with(
         &self,
         buf: &mut [u8],
@@ -776,25 +794,26 @@ impl Description {
         let h = r.header();
         let mut g = q.lock()?;
         let mut attempts = 0;
-        let (idx, prio, len) = self.acquire(
-            &mut g,
-            Side::Recv,
-            deadline,
-            cancel_poll,
-            &mut attempts,
-            queue::front,
-        )?;
+        let (idx, prio, len) = match queue::pop_front(r) {
+            Ok(Some(found)) => found,
+            _ => self.acquire(
+                &mut g,
+                Side::Recv,
+                deadline,
+                cancel_poll,
+                &mut attempts,
+                queue::pop_front,
+            )?,
+        };
         if len <= INLINE_MAX {
             r.read_payload(idx, &mut buf[..len]);
-            let res = queue::unlink_front(r, idx, prio).and_then(|()| queue::release(r, idx));
-            if let Err(c) = res {
+            if let Err(c) = queue::release(r, idx) {
                 q.repair(&g, c, &mut attempts)?;
                 return Err(Error::Corrupted(c.0.into()));
             }
         } else {
             let (pid, start) = proc::me();
-            let res = queue::unlink_front(r, idx, prio)
-                .and_then(|()| queue::begin_inflight(r, idx, SLOT_READING, pid, start));
+            let res = queue::begin_inflight(r, idx, SLOT_READING, pid, start);
             if let Err(c) = res {
                 q.repair(&g, c, &mut attempts)?;
                 return Err(Error::Corrupted(c.0.into()));

@@ -516,6 +516,7 @@ impl Region {
     }
 
     /// Copies `src` into the payload of slot `idx`.
+    #[inline]
     pub fn write_payload(&self, idx: u32, src: &[u8]) {
         assert!(src.len() <= self.geo.msgsize);
         let dst = self.payload(idx).expect("slot index checked by caller");
@@ -526,6 +527,7 @@ impl Region {
     }
 
     /// Copies the first `dst.len()` payload bytes of slot `idx` into `dst`.
+    #[inline]
     pub fn read_payload(&self, idx: u32, dst: &mut [u8]) {
         assert!(dst.len() <= self.geo.msgsize);
         let src = self.payload(idx).expect("slot index checked by caller");

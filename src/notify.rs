@@ -175,13 +175,19 @@ pub struct Pending {
 
 /// Under the lock, right after a message landed in an empty queue: whether a
 /// registration must fire now. If so it is removed (one-shot).
-pub(crate) fn should_fire(_g: &Guard<'_>, q: &Queue) -> Option<Pending> {
+#[inline]
+pub(crate) fn should_fire(g: &Guard<'_>, q: &Queue) -> Option<Pending> {
+    if q.region().header().notify.pid.load(Relaxed) == 0 {
+        return None;
+    }
+    registered_fires(g, q)
+}
+
+#[cold]
+fn registered_fires(_g: &Guard<'_>, q: &Queue) -> Option<Pending> {
     let r = q.region();
     let h = r.header();
     let n = &h.notify;
-    if n.pid.load(Relaxed) == 0 {
-        return None;
-    }
     if h.waiting_recv.load(Relaxed) > 0 {
         // Receivers are blocked, unless the count is left over from dead
         // processes: recount before deciding.

@@ -322,13 +322,20 @@ fn bad_deadline() -> io::Error {
     io::Error::new(ErrorKind::InvalidInput, "deadline is not representable")
 }
 
+#[inline]
 fn retry<T>(mut f: impl FnMut() -> Result<T, Error>) -> Result<T, io::Error> {
     loop {
         match f() {
+            Ok(v) => return Ok(v),
             Err(Error::Os(nix::errno::Errno::EINTR)) => continue,
-            r => return r.map_err(io::Error::from),
+            Err(e) => return Err(io_error(e)),
         }
     }
+}
+
+#[cold]
+fn io_error(e: Error) -> io::Error {
+    e.into()
 }
 
 /// A descriptor for an open message queue in shared memory.
@@ -364,6 +371,7 @@ impl PosixMq {
     /// - Message is too big for the queue (EMSGSIZE)
     /// - Priority is 32768 or more (EINVAL) => `InvalidInput`
     /// - Queue is opened read-only (EBADF)
+    #[inline]
     pub fn send(&self, priority: u32, msg: &[u8]) -> Result<(), io::Error> {
         retry(|| self.h.desc().send(priority, msg, None))
     }
@@ -375,6 +383,7 @@ impl PosixMq {
     /// - Queue is empty and non-blocking (EAGAIN) => `WouldBlock`
     /// - The buffer is smaller than the queue's message size (EMSGSIZE)
     /// - Queue is opened write-only (EBADF)
+    #[inline]
     pub fn recv(&self, msgbuf: &mut [u8]) -> Result<(u32, usize), io::Error> {
         retry(|| self.h.desc().receive(msgbuf, None)).map(|(len, prio)| (prio, len))
     }

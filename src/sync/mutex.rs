@@ -211,8 +211,8 @@ pub fn init(r: &Region) -> Result<(), i32> {
     }
 }
 
-/// Locks the region's mutex, spinning for at most `spin_ns` while another
-/// thread holds it before sleeping (0: sleeps at once).
+/// Locks the region's mutex, spinning for at most `spin_ns()` nanoseconds
+/// while another thread holds it before sleeping (0: sleeps at once).
 ///
 /// A contended lock sleeps in the kernel, and on this kind of machine a
 /// cross-CPU futex wake-up costs 25-30 µs, against critical sections of tens
@@ -222,11 +222,11 @@ pub fn init(r: &Region) -> Result<(), i32> {
 /// `EDEADLK` when the word says this thread holds the lock already (a damaged
 /// word); pthread errors from the glibc path.
 #[inline]
-pub fn lock_spinning(r: &Region, spin_ns: u32) -> Result<(Acquired, Held), i32> {
+pub fn lock_spinning(r: &Region, spin_ns: impl FnOnce() -> u32) -> Result<(Acquired, Held), i32> {
     let m = me();
     // SAFETY: a non-null m.head is this thread's robust list head.
     if m.head.is_null() || !unsafe { pending(m.head) }.is_null() {
-        return glibc_lock(r, m, spin_ns);
+        return glibc_lock(r, m, spin_ns());
     }
     let w = word(r);
     let node = (w as *const AtomicU32 as usize + m.node_offset) as *mut libc::c_void;
@@ -237,7 +237,7 @@ pub fn lock_spinning(r: &Region, spin_ns: u32) -> Result<(Acquired, Held), i32> 
     let held = Held(Path::Own(m.head));
     match w.compare_exchange(0, m.tid, Acquire, Relaxed) {
         Ok(_) => Ok((Acquired::Clean, held)),
-        Err(v) => match contended(w, v, m.tid, spin_ns) {
+        Err(v) => match contended(w, v, m.tid, spin_ns()) {
             Ok(a) => Ok((a, held)),
             Err(e) => {
                 // SAFETY: as above.
@@ -364,13 +364,13 @@ fn glibc_lock_spinning(r: &Region, spin_ns: u32) -> Result<Acquired, i32> {
 }
 
 /// Unlocks the region's mutex, taken by this thread as `held`.
-#[inline]
+#[inline(always)]
 pub fn unlock(r: &Region, held: Held) {
     match held.0 {
         Path::Own(head) => {
             let w = word(r);
             if w.swap(0, Release) & FUTEX_WAITERS != 0 {
-                crate::sync::futex::wake(w, 1);
+                wake_one(w);
             }
             // Cleared only once the word is free: a death in between leaves
             // a free word, for which the kernel at most wakes a sleeper.
@@ -378,21 +378,29 @@ pub fn unlock(r: &Region, held: Held) {
             // Send: it stays with the thread that locked).
             unsafe { set_pending(head, std::ptr::null_mut()) };
         }
-        Path::Glibc => {
-            let m = me();
-            let outer = if m.head.is_null() {
-                std::ptr::null_mut()
-            } else {
-                // SAFETY: m.head is this thread's robust list head.
-                unsafe { pending(m.head) }
-            };
-            // SAFETY: the region holds an initialised process-shared mutex; a
-            // robust mutex refuses (EPERM) an unlock by a non-owner.
-            let res = unsafe { libc::pthread_mutex_unlock(r.mutex_ptr()) };
-            debug_assert_eq!(res, 0);
-            restore(m.head, outer);
-        }
+        Path::Glibc => glibc_unlock(r),
     }
+}
+
+#[cold]
+fn wake_one(w: &AtomicU32) {
+    crate::sync::futex::wake(w, 1);
+}
+
+#[cold]
+fn glibc_unlock(r: &Region) {
+    let m = me();
+    let outer = if m.head.is_null() {
+        std::ptr::null_mut()
+    } else {
+        // SAFETY: m.head is this thread's robust list head.
+        unsafe { pending(m.head) }
+    };
+    // SAFETY: the region holds an initialised process-shared mutex; a robust
+    // mutex refuses (EPERM) an unlock by a non-owner.
+    let res = unsafe { libc::pthread_mutex_unlock(r.mutex_ptr()) };
+    debug_assert_eq!(res, 0);
+    restore(m.head, outer);
 }
 
 /// Marks the mutex, acquired with [`Acquired::OwnerDied`], usable again.
@@ -427,7 +435,7 @@ mod tests {
     }
 
     fn lock(r: &Region) -> (Acquired, Held) {
-        lock_spinning(r, 0).unwrap()
+        lock_spinning(r, || 0).unwrap()
     }
 
     /// Forks a child that runs `f` (async-signal-safe work only: the lock
@@ -558,7 +566,7 @@ mod tests {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
         word(r).store(tid, Relaxed);
-        assert_eq!(lock_spinning(r, 0).unwrap_err(), libc::EDEADLK);
+        assert_eq!(lock_spinning(r, || 0).unwrap_err(), libc::EDEADLK);
         word(r).store(0, Relaxed);
         let (_, held) = lock(r);
         unlock(r, held);
