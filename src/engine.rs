@@ -109,6 +109,9 @@ struct Tuning {
     spin_ns: AtomicU32,
     futile_wakes: AtomicU32,
     probe: AtomicU32,
+    /// Priority of the last message received here: the next receive checks
+    /// it against the bitmap before walking it (see `queue::highest_from`).
+    last_prio: AtomicU32,
 }
 
 /// An open queue description: what `mq_open` creates and `dup`/`fork` share.
@@ -254,6 +257,7 @@ impl Queue {
                 spin_ns: AtomicU32::new(SPIN_MAX_NS / 2),
                 probe: AtomicU32::new(0),
                 futile_wakes: AtomicU32::new(0),
+                last_prio: AtomicU32::new(u32::MAX),
             },
         }
     }
@@ -794,7 +798,9 @@ impl Description {
         let h = r.header();
         let mut g = q.lock()?;
         let mut attempts = 0;
-        let (idx, prio, len) = match queue::pop_front(r) {
+        let last = &q.tuning.last_prio;
+        let guess = last.load(Relaxed);
+        let (idx, prio, len) = match queue::pop_front(r, guess) {
             Ok(Some(found)) => found,
             _ => self.acquire(
                 &mut g,
@@ -802,9 +808,12 @@ impl Description {
                 deadline,
                 cancel_poll,
                 &mut attempts,
-                queue::pop_front,
+                |r| queue::pop_front(r, guess),
             )?,
         };
+        if prio != guess {
+            last.store(prio, Relaxed);
+        }
         if len <= INLINE_MAX {
             r.read_payload(idx, &mut buf[..len]);
             if let Err(c) = queue::release(r, idx) {
