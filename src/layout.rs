@@ -28,8 +28,11 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQUEUE");
 /// Layout major version: a reader refuses any other major version.
 pub const VERSION_MAJOR: u32 = 1;
-/// Layout minor version: additions that old readers may ignore.
-pub const VERSION_MINOR: u32 = 0;
+/// Layout minor version: additions that old readers may ignore. 1.1: the
+/// priority whose list emptied last may keep its bitmap bit, and
+/// `received.b` names it (a 1.0 library takes that bit for damage and
+/// repairs the queue, which is correct, only slower).
+pub const VERSION_MINOR: u32 = 1;
 /// `major << 16 | minor`, as stored in [`Header::version`].
 pub const VERSION: u32 = (VERSION_MAJOR << 16) | VERSION_MINOR;
 /// Number of priorities: `0 ..= 32767`, like Linux's `MQ_PRIO_MAX`.
@@ -81,7 +84,9 @@ pub struct OwnLine {
     /// Next message sequence number (senders) or messages received
     /// (receivers).
     pub a: AtomicU64,
-    /// Messages sent since creation (senders); unused for receivers.
+    /// Messages sent since creation (senders); for receivers, the one
+    /// priority whose bitmap bit may be stale (its list empty), plus one, or
+    /// 0 (layout 1.1; see `queue::retire`).
     pub b: AtomicU64,
 }
 
@@ -170,7 +175,8 @@ pub struct Header {
     /// Senders' line: `a` is the next message sequence number (orders
     /// messages within a priority), `b` the messages sent since creation.
     pub sent: OwnLine,
-    /// Receivers' line: `a` is the messages received since creation.
+    /// Receivers' line: `a` is the messages received since creation, `b`
+    /// the priority whose bitmap bit may be stale, plus one (0: none).
     pub received: OwnLine,
 
     /// Head of the list of slots being copied (`index + 1`, or [`NIL`]).

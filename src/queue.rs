@@ -137,7 +137,63 @@ fn bitmap_clear(h: &Header, prio: usize) {
     }
 }
 
-/// The highest priority that has messages, or `None` when the queue is empty.
+/// Under the lock, when `prio`'s list has just become empty: leaves its
+/// bitmap bit set, so that the next message of the same priority finds the
+/// bitmap as it needs it (a send and a receive in turn then write no bitmap
+/// word, and no bitmap line moves between CPUs), and clears the bit left set
+/// before, unless its priority has messages again. At most one bit is stale
+/// at a time; `Header::received.b` names it (`prio + 1`, 0: none).
+#[inline]
+fn retire(h: &Header, prio: u32) {
+    let named = u64::from(prio) + 1;
+    let stale = h.received.b.load(Relaxed);
+    if stale == named {
+        return;
+    }
+    if stale != 0 {
+        clear_if_empty(h, stale - 1);
+    }
+    h.received.b.store(named, Relaxed);
+}
+
+/// Clears the bit of priority `p` if its list is empty; a value out of range
+/// (a damaged file) is ignored.
+fn clear_if_empty(h: &Header, p: u64) {
+    if p < NPRIO as u64 && h.tails[p as usize].load(Relaxed) == NIL {
+        bitmap_clear(h, p as usize);
+    }
+}
+
+/// The highest priority with messages (trying `guess` first, see
+/// [`highest_from`]), or `None` when the queue is empty. If the bitmap leads
+/// to the one stale bit (see [`retire`]), that bit is cleared and the walk
+/// done again.
+#[inline]
+fn top_prio(r: &Region, guess: u32) -> QResult<Option<u32>> {
+    let h = r.header();
+    if h.lock.curmsgs.load(Relaxed) == 0 {
+        return Ok(None);
+    }
+    let mut prio = highest_from(r, guess)?;
+    for retry in [true, false] {
+        let Some(p) = prio else {
+            return Err(Corrupt("messages counted but no priority has any"));
+        };
+        if h.tails[p as usize].load(Relaxed) != NIL {
+            return Ok(Some(p));
+        }
+        if !retry || h.received.b.load(Relaxed) != u64::from(p) + 1 {
+            break;
+        }
+        bitmap_clear(h, p as usize);
+        h.received.b.store(0, Relaxed);
+        prio = highest(r)?;
+    }
+    Err(Corrupt("bitmap bit set for an empty priority"))
+}
+
+/// The highest priority whose bitmap bit is set, or `None` when none is.
+/// The bit may be the stale one (see [`retire`]).
 #[inline]
 pub fn highest(r: &Region) -> QResult<Option<u32>> {
     let h = r.header();
@@ -216,13 +272,10 @@ pub fn enqueue(r: &Region, idx: u32, prio: u32, len: usize) -> QResult<()> {
 /// Head of the highest non-empty priority: `(slot, prio, len)`, not removed.
 #[inline]
 pub fn front(r: &Region) -> QResult<Option<(u32, u32, usize)>> {
-    let Some(prio) = highest(r)? else {
+    let Some(prio) = top_prio(r, u32::MAX)? else {
         return Ok(None);
     };
     let tail = r.header().tails[prio as usize].load(Relaxed);
-    if tail == NIL {
-        return Err(Corrupt("bitmap bit set for an empty priority"));
-    }
     let head = slot(r, tail - 1)?.next.load(Relaxed);
     let s = slot(r, head)?;
     if s.state.load(Relaxed) != SLOT_QUEUED || s.prio.load(Relaxed) != prio {
@@ -244,15 +297,12 @@ pub fn front(r: &Region) -> QResult<Option<(u32, u32, usize)>> {
 /// (see [`highest_from`]).
 #[inline]
 pub fn pop_front(r: &Region, guess: u32) -> QResult<Option<(u32, u32, usize)>> {
-    let Some(prio) = highest_from(r, guess)? else {
+    let Some(prio) = top_prio(r, guess)? else {
         return Ok(None);
     };
     let h = r.header();
     let tail_word = &h.tails[prio as usize];
     let tail = tail_word.load(Relaxed);
-    if tail == NIL {
-        return Err(Corrupt("bitmap bit set for an empty priority"));
-    }
     let t = slot(r, tail - 1)?;
     let idx = t.next.load(Relaxed);
     let s = slot(r, idx)?;
@@ -267,7 +317,7 @@ pub fn pop_front(r: &Region, guess: u32) -> QResult<Option<(u32, u32, usize)>> {
     }
     if tail - 1 == idx {
         tail_word.store(NIL, Relaxed);
-        bitmap_clear(h, prio as usize);
+        retire(h, prio);
     } else {
         let next = s.next.load(Relaxed);
         slot(r, next)?;
@@ -378,6 +428,9 @@ pub fn for_each(r: &Region, mut f: impl FnMut(u32, u32, usize) -> bool) -> QResu
         }
         let tail = h.tails[prio].load(Relaxed);
         if tail == NIL {
+            if h.received.b.load(Relaxed) == prio as u64 + 1 {
+                continue;
+            }
             return Err(Corrupt("bitmap bit set for an empty priority"));
         }
         let mut cur = slot(r, tail - 1)?.next.load(Relaxed);
@@ -468,6 +521,7 @@ pub fn rebuild(r: &Region, alive: &mut dyn FnMut(i32, u64) -> bool) -> RepairRep
         w.store(0, Relaxed);
     }
     h.bitmap_top.store(0, Relaxed);
+    h.received.b.store(0, Relaxed);
     h.lock.curmsgs.store(0, Relaxed);
 
     // Free list, in index order.
@@ -712,6 +766,40 @@ mod tests {
     }
 
     #[test]
+    fn an_emptied_priority_keeps_its_bit_until_another_empties() {
+        let hr = region(4, 8);
+        let r = hr.region();
+        let h = r.header();
+        let bit = |p: u32| h.bitmap_leaf[0].load(Relaxed) & (1 << p) != 0;
+        assert!(send(r, 7, b"a"));
+        assert_eq!(recv(r).unwrap(), (7, b"a".to_vec()));
+        assert!(bit(7), "left set for the next message of priority 7");
+        assert_eq!(h.received.b.load(Relaxed), 8);
+        assert_eq!(recv(r), None);
+        // A lower priority is still found: the walk drops the stale bit.
+        assert!(send(r, 3, b"b"));
+        assert_eq!(recv(r).unwrap(), (3, b"b".to_vec()));
+        assert!(!bit(7));
+        assert_eq!(h.received.b.load(Relaxed), 4);
+        // Emptying another priority clears the bit left before.
+        assert!(send(r, 5, b"c"));
+        assert_eq!(recv(r).unwrap(), (5, b"c".to_vec()));
+        assert!(!bit(3) && bit(5));
+        // A stale priority that has messages again keeps its bit.
+        assert!(send(r, 5, b"d"));
+        assert!(send(r, 6, b"e"));
+        assert_eq!(recv(r).unwrap(), (6, b"e".to_vec()));
+        assert!(bit(5));
+        assert_eq!(h.received.b.load(Relaxed), 7);
+        assert_eq!(recv(r).unwrap(), (5, b"d".to_vec()));
+        assert_eq!(h.bitmap_leaf[0].load(Relaxed), 1 << 5);
+        // A repair leaves the bitmap exact.
+        rebuild(r, &mut |_, _| false);
+        assert_eq!(h.bitmap_top.load(Relaxed), 0);
+        assert_eq!(h.received.b.load(Relaxed), 0);
+    }
+
+    #[test]
     fn cost_does_not_depend_on_priority_spread() {
         // Every priority in use at once: the bitmap still finds the order.
         let hr = region(NPRIO as i64, 4);
@@ -768,6 +856,12 @@ mod tests {
                 let count: usize = model.values().map(VecDeque::len).sum();
                 let h = hr.region().header();
                 proptest::prop_assert_eq!(h.lock.curmsgs.load(Relaxed), count as u64);
+                // The lists and the bitmap (one stale bit allowed) hold the
+                // model's messages in delivery order.
+                let mut seen = Vec::new();
+                for_each(hr.region(), |_, p, len| { seen.push((p, len)); true }).unwrap();
+                let want: Vec<_> = model.iter().rev().flat_map(|(p, q)| q.iter().map(move |m| (*p, m.len()))).collect();
+                proptest::prop_assert_eq!(seen, want);
                 proptest::prop_assert_eq!(h.lock.nfree.load(Relaxed), 5 - count as u64);
             }
         }
