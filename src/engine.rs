@@ -31,7 +31,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed, Ordering::Release};
 use std::time::{Duration, Instant};
 
 /// Payloads up to this size are copied while holding the lock.
@@ -112,6 +112,9 @@ struct Tuning {
     /// Priority of the last message received here: the next receive checks
     /// it against the bitmap before walking it (see `queue::highest_from`).
     last_prio: AtomicU32,
+    /// The last sleep here was ended by a caller on the sleeper's own CPU:
+    /// the peer shares it, so a probing spin cannot succeed.
+    peer_on_my_cpu: AtomicBool,
 }
 
 /// An open queue description: what `mq_open` creates and `dup`/`fork` share.
@@ -258,6 +261,7 @@ impl Queue {
                 probe: AtomicU32::new(0),
                 futile_wakes: AtomicU32::new(0),
                 last_prio: AtomicU32::new(u32::MAX),
+                peer_on_my_cpu: AtomicBool::new(false),
             },
         }
     }
@@ -359,7 +363,12 @@ impl Queue {
 
     #[cold]
     fn wake_one(&self, side: Side) {
-        if futex::wake(side.word(self.region()), 1) == 0 {
+        let cpu = sys::current_cpu().map_or(0, |c| c.saturating_add(1));
+        let line = side.line(self.region());
+        if line.1.load(Relaxed) != cpu {
+            line.1.store(cpu, Relaxed);
+        }
+        if futex::wake(&line.0, 1) == 0 {
             // Nobody was asleep although the count said so: a sleeper may
             // have died. After a few of these, recount from the table.
             if self.tuning.futile_wakes.fetch_add(1, Relaxed) + 1 >= FUTILE_WAKES {
@@ -383,8 +392,9 @@ impl Queue {
             if t.probe.fetch_add(1, Relaxed) % SPIN_PROBE_EVERY != 0 {
                 return false;
             }
-            // Pinned to one CPU, the peer cannot run while we spin.
-            if sys::thread_cpus() < 2 {
+            // A peer that runs on our CPU cannot answer while we spin (a
+            // peer on another CPU can, even when both threads are pinned).
+            if t.peer_on_my_cpu.load(Relaxed) {
                 return false;
             }
             n = SPIN_PROBE_NS;
@@ -421,12 +431,23 @@ pub enum Side {
 }
 
 impl Side {
-    fn word(self, r: &Region) -> &AtomicU32 {
+    fn line(self, r: &Region) -> &crate::layout::FutexLine {
         let h = r.header();
         match self {
-            Side::Recv => &h.not_empty.0,
-            Side::Send => &h.not_full.0,
+            Side::Recv => &h.not_empty,
+            Side::Send => &h.not_full,
         }
+    }
+
+    fn word(self, r: &Region) -> &AtomicU32 {
+        &self.line(r).0
+    }
+
+    /// After a sleep on this side ended: whether the last waker ran on the
+    /// caller's CPU (a hint, read without the lock).
+    fn woken_from_my_cpu(self, r: &Region) -> bool {
+        let waker = self.line(r).1.load(Relaxed);
+        waker != 0 && sys::current_cpu().map(|c| c.saturating_add(1)) == Some(waker)
     }
 
     /// Whether the condition holds (a hint without the lock).
@@ -595,6 +616,14 @@ impl Queue {
             until = Some(earlier(until, p));
         }
         let res = g.unlocked(|| futex::wait(word, seq, until))?;
+        if res.is_ok() {
+            // Woken (or the word moved first): by a peer on our CPU?
+            let mine = side.woken_from_my_cpu(r);
+            let flag = &self.tuning.peer_on_my_cpu;
+            if flag.load(Relaxed) != mine {
+                flag.store(mine, Relaxed);
+            }
+        }
         if let Some(e) = entry {
             side.entry_counters(e).1.sub(1);
         }

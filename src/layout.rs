@@ -218,9 +218,11 @@ pub struct Header {
     pub tails: [AtomicU32; NPRIO],
 }
 
-/// A futex word alone on its cache line.
+/// A futex word alone on its cache line, and (layout 1.1, in what was
+/// padding) the CPU of the last caller that woke a sleeper on it, plus one
+/// (0: unknown): a hint for the sleeper, see `Side::woken_from_my_cpu`.
 #[repr(C, align(64))]
-pub struct FutexLine(pub AtomicU32);
+pub struct FutexLine(pub AtomicU32, pub AtomicU32);
 
 /// The header of every slot.
 #[repr(C)]

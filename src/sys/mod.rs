@@ -262,18 +262,11 @@ pub fn usable_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Number of CPUs the calling thread may run on now (its affinity mask,
-/// one system call; no cgroup files read).
-pub fn thread_cpus() -> usize {
-    // SAFETY: cpu_set_t is plain bits, valid when zeroed.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: set is valid storage of the size passed.
-    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if r != 0 {
-        return usable_cpus();
-    }
-    // SAFETY: set was filled in by the kernel.
-    usize::try_from(unsafe { libc::CPU_COUNT(&set) }).unwrap_or(1)
+/// The CPU the calling thread runs on (`sched_getcpu`; glibc reads it from
+/// the thread's rseq area or the vDSO, no system call), or `None`.
+pub fn current_cpu() -> Option<u32> {
+    // SAFETY: no preconditions.
+    u32::try_from(unsafe { libc::sched_getcpu() }).ok()
 }
 
 /// `CLOCK_REALTIME` now.
