@@ -34,7 +34,7 @@ use crate::layout::Region;
 use std::cell::Cell;
 use std::mem::{MaybeUninit, size_of};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, compiler_fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, compiler_fence};
 use std::time::{Duration, Instant};
 
 /// How a lock was acquired.
@@ -93,7 +93,9 @@ thread_local! {
 
 /// Bumped in a forked child, whose thread has a new id.
 static FORK_GEN: AtomicU64 = AtomicU64::new(1);
-static FORK_HANDLER: AtomicBool = AtomicBool::new(false);
+/// The fork handler: 0 not registered, 1 being registered, 2 registered.
+/// Nothing is cached before 2: a fork in between would keep a stale id.
+static FORK_HANDLER: AtomicU32 = AtomicU32::new(0);
 
 extern "C" fn after_fork_in_child() {
     FORK_GEN.fetch_add(1, Relaxed);
@@ -110,11 +112,20 @@ fn me() -> Me {
 
 #[cold]
 fn refresh() -> Me {
-    if !FORK_HANDLER.swap(true, Relaxed) {
+    if FORK_HANDLER
+        .compare_exchange(0, 1, Acquire, Relaxed)
+        .is_ok()
+    {
         // SAFETY: registers a handler that only increments an atomic.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        FORK_HANDLER.store(2, Release);
     }
-    let epoch = FORK_GEN.load(Relaxed);
+    // Until the handler is in place, use the id without caching it.
+    let epoch = if FORK_HANDLER.load(Acquire) == 2 {
+        FORK_GEN.load(Relaxed)
+    } else {
+        0
+    };
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() } as u32;
     let mut head: *mut RobustListHead = std::ptr::null_mut();
@@ -258,7 +269,7 @@ fn contended(w: &AtomicU32, mut v: u32, tid: u32, spin_ns: u32) -> Result<Acquir
     loop {
         if v & FUTEX_OWNER_DIED != 0 {
             // The kernel cleared the dead owner's id and kept the waiters bit.
-            match w.compare_exchange(v, tid | (v & FUTEX_WAITERS), Acquire, Relaxed) {
+            match w.compare_exchange(v, tid | keep | (v & FUTEX_WAITERS), Acquire, Relaxed) {
                 Ok(_) => return Ok(Acquired::OwnerDied),
                 Err(x) => {
                     v = x;
