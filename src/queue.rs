@@ -277,7 +277,14 @@ pub fn front(r: &Region) -> QResult<Option<(u32, u32, usize)>> {
     };
     let tail = r.header().tails[prio as usize].load(Relaxed);
     let head = slot(r, tail - 1)?.next.load(Relaxed);
-    let s = slot(r, head)?;
+    let len = queued_head(r, slot(r, head)?, prio)?;
+    Ok(Some((head, prio, len)))
+}
+
+/// Checks that `s`, the head of `prio`'s list, holds a message queued there;
+/// returns its length.
+#[inline]
+fn queued_head(r: &Region, s: &SlotHeader, prio: u32) -> QResult<usize> {
     if s.state.load(Relaxed) != SLOT_QUEUED || s.prio.load(Relaxed) != prio {
         return Err(Corrupt(
             "priority list holds a slot that is not queued there",
@@ -287,7 +294,7 @@ pub fn front(r: &Region) -> QResult<Option<(u32, u32, usize)>> {
     if len > r.geometry().msgsize as u64 {
         return Err(Corrupt("message longer than the queue allows"));
     }
-    Ok(Some((head, prio, len as usize)))
+    Ok(len as usize)
 }
 
 /// [`front`] and [`unlink_front`] in one: takes the head of the highest
@@ -306,15 +313,7 @@ pub fn pop_front(r: &Region, guess: u32) -> QResult<Option<(u32, u32, usize)>> {
     let t = slot(r, tail - 1)?;
     let idx = t.next.load(Relaxed);
     let s = slot(r, idx)?;
-    if s.state.load(Relaxed) != SLOT_QUEUED || s.prio.load(Relaxed) != prio {
-        return Err(Corrupt(
-            "priority list holds a slot that is not queued there",
-        ));
-    }
-    let len = s.len.load(Relaxed);
-    if len > r.geometry().msgsize as u64 {
-        return Err(Corrupt("message longer than the queue allows"));
-    }
+    let len = queued_head(r, s, prio)?;
     if tail - 1 == idx {
         tail_word.store(NIL, Relaxed);
         retire(h, prio);
@@ -326,7 +325,7 @@ pub fn pop_front(r: &Region, guess: u32) -> QResult<Option<(u32, u32, usize)>> {
         r.prefetch(next);
     }
     h.lock.curmsgs.sub(1);
-    Ok(Some((idx, prio, len as usize)))
+    Ok(Some((idx, prio, len)))
 }
 
 /// Unlinks `idx`, which [`front`] just returned for `prio`, and uncounts it.

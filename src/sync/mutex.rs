@@ -449,6 +449,17 @@ mod tests {
         lock_spinning(r, || 0).unwrap()
     }
 
+    /// The next locker after a death: told so, and the lock works again.
+    fn take_after_death(r: &Region) {
+        let (a, held) = lock(r);
+        assert_eq!(a, Acquired::OwnerDied, "the kernel marks a dead owner");
+        make_consistent(r, held);
+        unlock(r, held);
+        let (a, held) = lock(r);
+        assert_eq!(a, Acquired::Clean);
+        unlock(r, held);
+    }
+
     /// Forks a child that runs `f` (async-signal-safe work only: the lock
     /// paths make syscalls and touch atomics) and `_exit`s with its result.
     fn in_child(f: impl FnOnce() -> i32) -> i32 {
@@ -499,13 +510,7 @@ mod tests {
             i32::from(a == Acquired::Clean)
         });
         assert_eq!(code, 1);
-        let (a, held) = lock(r);
-        assert_eq!(a, Acquired::OwnerDied, "the kernel marks a dead owner");
-        make_consistent(r, held);
-        unlock(r, held);
-        let (a, held) = lock(r);
-        assert_eq!(a, Acquired::Clean);
-        unlock(r, held);
+        take_after_death(r);
     }
 
     #[test]
@@ -518,10 +523,7 @@ mod tests {
                 assert_eq!(a, Acquired::Clean);
             });
         });
-        let (a, held) = lock(r);
-        assert_eq!(a, Acquired::OwnerDied);
-        make_consistent(r, held);
-        unlock(r, held);
+        take_after_death(r);
     }
 
     #[test]
@@ -539,12 +541,8 @@ mod tests {
             i32::from(nested_glibc && matches!(ho.0, Path::Own(_)))
         });
         assert_eq!(code, 1);
-        for r in [a, b] {
-            let (a, held) = lock(r);
-            assert_eq!(a, Acquired::OwnerDied);
-            make_consistent(r, held);
-            unlock(r, held);
-        }
+        take_after_death(a);
+        take_after_death(b);
     }
 
     #[test]
