@@ -489,9 +489,12 @@ impl Drop for Guard<'_> {
 }
 
 impl Guard<'_> {
-    /// Drops and retakes the lock around `f`.
+    /// Drops and retakes the lock around `f`. If retaking fails, the guard
+    /// no longer holds the lock, and dropping it releases nothing (the word
+    /// may belong to another thread by then).
     fn unlocked<T>(&mut self, f: impl FnOnce() -> T) -> Result<T> {
         mutex::unlock(self.q.region(), self.held);
+        self.held = mutex::Held::RELEASED;
         let out = f();
         let g = self.q.lock()?;
         self.held = g.held;

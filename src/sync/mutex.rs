@@ -51,12 +51,19 @@ pub enum Acquired {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Held(Path);
 
+impl Held {
+    /// Not held (any more): [`unlock`] does nothing with it.
+    pub const RELEASED: Held = Held(Path::Released);
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
     /// Our fast path; the pointer is the thread's robust list head.
     Own(*mut RobustListHead),
     /// `pthread_mutex_*`.
     Glibc,
+    /// Released already.
+    Released,
 }
 
 const FUTEX_WAITERS: u32 = 0x8000_0000;
@@ -390,6 +397,7 @@ pub fn unlock(r: &Region, held: Held) {
             unsafe { set_pending(head, std::ptr::null_mut()) };
         }
         Path::Glibc => glibc_unlock(r),
+        Path::Released => {}
     }
 }
 
@@ -565,6 +573,18 @@ mod tests {
             }
         });
         assert_eq!(counter.load(Relaxed), 80_000);
+        assert_eq!(word(r).load(Relaxed), 0);
+    }
+
+    #[test]
+    fn releasing_what_is_no_longer_held_leaves_the_word_alone() {
+        let m = shared_lock("released");
+        let r = m.region();
+        let (_, held) = lock(r);
+        let owned = word(r).load(Relaxed);
+        unlock(r, Held::RELEASED);
+        assert_eq!(word(r).load(Relaxed), owned);
+        unlock(r, held);
         assert_eq!(word(r).load(Relaxed), 0);
     }
 
