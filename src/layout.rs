@@ -31,7 +31,8 @@ pub const VERSION_MAJOR: u32 = 1;
 /// Layout minor version: additions that old readers may ignore. 1.1: the
 /// priority whose list emptied last may keep its bitmap bit, and
 /// `received.b` names it (a 1.0 library takes that bit for damage and
-/// repairs the queue, which is correct, only slower).
+/// repairs the queue, which is correct, only slower); each futex line
+/// records the CPU of its last waker, in what was padding.
 pub const VERSION_MINOR: u32 = 1;
 /// `major << 16 | minor`, as stored in [`Header::version`].
 pub const VERSION: u32 = (VERSION_MAJOR << 16) | VERSION_MINOR;
