@@ -363,7 +363,7 @@ impl Queue {
 
     #[cold]
     fn wake_one(&self, side: Side) {
-        let cpu = sys::current_cpu().map_or(0, |c| c.saturating_add(1));
+        let cpu = sys::current_cpu_tag();
         let line = side.line(self.region());
         if line.1.load(Relaxed) != cpu {
             line.1.store(cpu, Relaxed);
@@ -447,7 +447,7 @@ impl Side {
     /// caller's CPU (a hint, read without the lock).
     fn woken_from_my_cpu(self, r: &Region) -> bool {
         let waker = self.line(r).1.load(Relaxed);
-        waker != 0 && sys::current_cpu().map(|c| c.saturating_add(1)) == Some(waker)
+        waker != 0 && sys::current_cpu_tag() == waker
     }
 
     /// Whether the condition holds (a hint without the lock).

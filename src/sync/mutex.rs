@@ -108,6 +108,19 @@ extern "C" fn after_fork_in_child() {
     FORK_GEN.fetch_add(1, Relaxed);
 }
 
+impl Me {
+    /// The robust operation this thread has in progress (null: none, or no
+    /// robust list).
+    #[inline]
+    fn pending(&self) -> *mut libc::c_void {
+        if self.head.is_null() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: a non-null head is this thread's robust list head.
+        unsafe { pending(self.head) }
+    }
+}
+
 #[inline]
 fn me() -> Me {
     let m = ME.get();
@@ -242,8 +255,7 @@ pub fn init(r: &Region) -> Result<(), i32> {
 #[inline]
 pub fn lock_spinning(r: &Region, spin_ns: impl FnOnce() -> u32) -> Result<(Acquired, Held), i32> {
     let m = me();
-    // SAFETY: a non-null m.head is this thread's robust list head.
-    if m.head.is_null() || !unsafe { pending(m.head) }.is_null() {
+    if m.head.is_null() || !m.pending().is_null() {
         return glibc_lock(r, m, spin_ns());
     }
     let w = word(r);
@@ -337,12 +349,7 @@ fn sleep_on(w: &AtomicU32, v: u32) {
 /// in another robust operation of the same thread.
 #[cold]
 fn glibc_lock(r: &Region, m: Me, spin_ns: u32) -> Result<(Acquired, Held), i32> {
-    let outer = if m.head.is_null() {
-        std::ptr::null_mut()
-    } else {
-        // SAFETY: m.head is this thread's robust list head.
-        unsafe { pending(m.head) }
-    };
+    let outer = m.pending();
     let res = glibc_lock_spinning(r, spin_ns);
     restore(m.head, outer);
     res.map(|a| (a, Held(Path::Glibc)))
@@ -409,12 +416,7 @@ fn wake_one(w: &AtomicU32) {
 #[cold]
 fn glibc_unlock(r: &Region) {
     let m = me();
-    let outer = if m.head.is_null() {
-        std::ptr::null_mut()
-    } else {
-        // SAFETY: m.head is this thread's robust list head.
-        unsafe { pending(m.head) }
-    };
+    let outer = m.pending();
     // SAFETY: the region holds an initialised process-shared mutex; a robust
     // mutex refuses (EPERM) an unlock by a non-owner.
     let res = unsafe { libc::pthread_mutex_unlock(r.mutex_ptr()) };

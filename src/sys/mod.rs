@@ -262,11 +262,12 @@ pub fn usable_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The CPU the calling thread runs on (`sched_getcpu`; glibc reads it from
-/// the thread's rseq area or the vDSO, no system call), or `None`.
-pub fn current_cpu() -> Option<u32> {
+/// The CPU the calling thread runs on, plus one, or 0 when unknown
+/// (`sched_getcpu`; glibc reads it from the thread's rseq area or the vDSO,
+/// no system call).
+pub fn current_cpu_tag() -> u32 {
     // SAFETY: no preconditions.
-    u32::try_from(unsafe { libc::sched_getcpu() }).ok()
+    u32::try_from(unsafe { libc::sched_getcpu() }).map_or(0, |c| c.saturating_add(1))
 }
 
 /// `CLOCK_REALTIME` now.
