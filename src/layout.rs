@@ -26,14 +26,20 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// `"SHMQUEUE"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQUEUE");
-/// Layout major version: a reader refuses any other major version.
-pub const VERSION_MAJOR: u32 = 1;
-/// Layout minor version: additions that old readers may ignore. 1.1: the
-/// priority whose list emptied last may keep its bitmap bit, and
-/// `received.b` names it (a 1.0 library takes that bit for damage and
-/// repairs the queue, which is correct, only slower); each futex line
-/// records the CPU of its last waker, in what was padding.
-pub const VERSION_MINOR: u32 = 1;
+/// Layout major version: a reader refuses any other major version, except
+/// that this library still opens 1.x files (see [`Region::legacy_lock`]). 2: the
+/// lock is released with a plain store, and a thread that sleeps on it is
+/// counted in [`Header::lock_sleepers`] (what was padding in 1.x), which
+/// the releaser reads instead of the word's `FUTEX_WAITERS` bit. A 1.x
+/// library would sleep on the lock uncounted and could miss that release,
+/// and it refuses 2.x files; on a 1.x file this library releases the lock
+/// as 1.x did.
+pub const VERSION_MAJOR: u32 = 2;
+/// Layout minor version: additions that old readers may ignore. Major 1 had
+/// 1.1: the priority whose list emptied last may keep its bitmap bit, and
+/// `received.b` names it; each futex line records the CPU of its last waker,
+/// in what was padding. Both are part of 2.0.
+pub const VERSION_MINOR: u32 = 0;
 /// `major << 16 | minor`, as stored in [`Header::version`].
 pub const VERSION: u32 = (VERSION_MAJOR << 16) | VERSION_MINOR;
 /// Number of priorities: `0 ..= 32767`, like Linux's `MQ_PRIO_MAX`.
@@ -196,6 +202,8 @@ pub struct Header {
     pub corrupted_slots: AtomicU32,
     /// Waiter-table overflows (callers that blocked untracked).
     pub untracked_waits: AtomicU32,
+    /// Threads asleep on the lock (2.0; see `sync::mutex`).
+    pub lock_sleepers: AtomicU32,
 
     /// Futex word bumped when a message is published and someone sleeps.
     pub not_empty: FutexLine,
@@ -250,7 +258,8 @@ const _: () = assert!(offset_of!(Header, version) == 8);
 const _: () = assert!(offset_of!(Header, state) == 12);
 const _: () = assert!(offset_of!(Header, maxmsg) == 24);
 const _: () = assert!(offset_of!(Header, lock) == 64);
-// Layout 1.0 on x86-64, frozen: a change here is a new layout version.
+// Layout 2.0 on x86-64 (1.x plus `lock_sleepers`), frozen: a change here is
+// a new layout version.
 #[cfg(target_arch = "x86_64")]
 const _: () = {
     assert!(size_of::<LockLine>() == 64);
@@ -258,6 +267,7 @@ const _: () = {
     assert!(offset_of!(Header, sent) == 128);
     assert!(offset_of!(Header, received) == 192);
     assert!(offset_of!(Header, inflight_head) == 256);
+    assert!(offset_of!(Header, lock_sleepers) == 288);
     assert!(offset_of!(Header, not_empty) == 320);
     assert!(offset_of!(Header, not_full) == 384);
     assert!(offset_of!(Header, notify) == 448);
@@ -350,6 +360,9 @@ pub struct Region {
     base: *mut u8,
     len: usize,
     geo: Geometry,
+    /// A layout 1.x file, whose other users may be 1.x libraries: the lock
+    /// is released with an atomic exchange that sees their sleepers.
+    legacy_lock: bool,
 }
 
 // SAFETY: the region only hands out references to atomics (which are Sync)
@@ -380,7 +393,9 @@ impl Region {
             return Err(HeaderError::NotAQueue("no shmq magic number"));
         }
         let version = h.version.load(Relaxed);
-        if version >> 16 != VERSION_MAJOR {
+        // 1.x: the same layout, with the lock released as 1.x did.
+        let legacy_lock = version >> 16 == 1;
+        if version >> 16 != VERSION_MAJOR && !legacy_lock {
             return Err(HeaderError::Version { found: version });
         }
         match h.state.load(Relaxed) {
@@ -427,7 +442,12 @@ impl Region {
                 )));
             }
         }
-        Ok(Region { base, len, geo })
+        Ok(Region {
+            base,
+            len,
+            geo,
+            legacy_lock,
+        })
     }
 
     /// Writes a fresh, empty queue over zeroed bytes (all slots free).
@@ -440,7 +460,12 @@ impl Region {
     /// geo.file_size`, and no other process can see them yet.
     pub unsafe fn format(base: *mut u8, len: usize, geo: Geometry, mode: u32) -> Region {
         assert_eq!(len, geo.file_size);
-        let r = Region { base, len, geo };
+        let r = Region {
+            base,
+            len,
+            geo,
+            legacy_lock: false,
+        };
         let h = r.header();
         h.magic.store(MAGIC, Relaxed);
         h.version.store(VERSION, Relaxed);
@@ -470,6 +495,12 @@ impl Region {
     /// The validated geometry.
     pub fn geometry(&self) -> Geometry {
         self.geo
+    }
+
+    /// Whether the file is of layout 1.x (see [`VERSION_MAJOR`]).
+    #[inline]
+    pub fn legacy_lock(&self) -> bool {
+        self.legacy_lock
     }
 
     /// The header.
@@ -733,12 +764,12 @@ mod tests {
         // SAFETY: as above.
         let r = unsafe { Region::format(buf.as_ptr(), buf.len(), g, 0o600) };
         r.header().state.store(STATE_READY, Relaxed);
-        r.header().version.store(2 << 16, Relaxed);
+        r.header().version.store(3 << 16, Relaxed);
         // SAFETY: as above.
         let e = unsafe { Region::open(buf.as_ptr(), buf.len()) }
             .err()
             .unwrap();
-        assert_eq!(e, HeaderError::Version { found: 2 << 16 });
+        assert_eq!(e, HeaderError::Version { found: 3 << 16 });
         buf.bytes_mut()[8..12].copy_from_slice(&VERSION.to_le_bytes());
         buf.bytes_mut()[24] = 6; // maxmsg 6 no longer matches the file size
         // SAFETY: as above.

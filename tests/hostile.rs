@@ -100,21 +100,25 @@ fn another_layout_version_is_refused() {
     let d = TestDir::new("version");
     let path = make_queue(d.path(), "/v");
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.write_all_at(&(2u32 << 16).to_le_bytes(), 8).unwrap();
+    f.write_all_at(&(3u32 << 16).to_le_bytes(), 8).unwrap();
     let e = open_err(d.path(), "/v");
     assert_eq!(
         shmq_err(&e),
         &Error::Incompatible {
-            found: 2 << 16,
-            expected: (1 << 16) | 1 // this library writes 1.1
+            found: 3 << 16,
+            expected: 2 << 16 // this library writes 2.0
         }
     );
     assert_eq!(shmq_err(&e).errno(), nix::errno::Errno::EPROTO);
-    assert!(e.to_string().contains("version 2.0"), "{e}");
-    // A newer minor version of the same major opens.
-    f.write_all_at(&((1u32 << 16) | 7).to_le_bytes(), 8)
-        .unwrap();
-    OpenOptions::readwrite().dir(d.path()).open("/v").unwrap();
+    assert!(e.to_string().contains("version 3.0"), "{e}");
+    // A newer minor version of the same major opens, and so does 1.x.
+    for v in [(2u32 << 16) | 7, (1 << 16) | 1] {
+        f.write_all_at(&v.to_le_bytes(), 8).unwrap();
+        let q = OpenOptions::readwrite().dir(d.path()).open("/v").unwrap();
+        q.send(20, b"still").unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(q.recv(&mut buf).unwrap(), (20, 5));
+    }
 }
 
 #[test]
@@ -217,7 +221,8 @@ fn scribbled_lists_are_repaired_or_reported_never_followed() {
 }
 
 /// A queue file written by layout version 1.0, checked in: it must keep
-/// opening, with its messages, in every later 1.x.
+/// opening, with its messages, in every later version (2.x opens 1.x files
+/// and releases their lock as 1.x did).
 #[test]
 fn golden_v1_file_still_opens() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/queue-v1.0.bin");

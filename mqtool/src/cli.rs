@@ -43,7 +43,7 @@ JSON Lines (--json): one object per line, each with a \"type\":
                          blocked_senders, blocked_receivers, in_flight,
                          notify (null or {pid, kind, signal}),
                          total_sent, total_received, file_size,
-                         version (\"1.0\"), health {status (ok, repaired,
+                         version (\"2.0\"), health {status (ok, repaired,
                          corrupted), repairs, corrupted_slots};
                          a queue ls cannot read: name, path,
                          error {errno, message}

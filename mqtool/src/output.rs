@@ -9,7 +9,7 @@
 //!   `{"type":"message","queue":"/jobs","priority":7,"len":5,"data":{"text":"hello"}}`
 //! - `"queue"` ([`QueueJson`] from `info` and `ls`, or [`QueueErrorJson`]
 //!   from `ls` for a queue that cannot be read):
-//!   `{"type":"queue","name":"/jobs","path":"/dev/shm/shmq/jobs","capacity":10,"max_msg_len":8192,"current_messages":2,"mode":"0600","uid":0,"gid":0,"per_priority":[{"priority":7,"count":1},{"priority":3,"count":1}],"blocked_senders":0,"blocked_receivers":0,"in_flight":0,"notify":null,"total_sent":2,"total_received":0,"file_size":86016,"version":"1.1","health":{"status":"ok","repairs":0,"corrupted_slots":0}}`
+//!   `{"type":"queue","name":"/jobs","path":"/dev/shm/shmq/jobs","capacity":10,"max_msg_len":8192,"current_messages":2,"mode":"0600","uid":0,"gid":0,"per_priority":[{"priority":7,"count":1},{"priority":3,"count":1}],"blocked_senders":0,"blocked_receivers":0,"in_flight":0,"notify":null,"total_sent":2,"total_received":0,"file_size":86016,"version":"2.0","health":{"status":"ok","repairs":0,"corrupted_slots":0}}`
 //!   or `{"type":"queue","name":"/bad","path":"…","error":{"errno":"EBADMSG","message":"…"}}`
 //! - `"sample"` ([`SampleJson`], from `watch`)
 //! - `"purged"` ([`PurgedJson`], from `purge`)
