@@ -6,6 +6,8 @@
 
 use std::ffi::CString;
 use std::hint::black_box;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
 const MSG: [u8; 64] = [0x5a; 64];
@@ -32,6 +34,22 @@ fn kernel_pair(iters: u64, mqd: libc::mqd_t) -> Duration {
                 libc::mq_receive(mqd, buf.as_mut_ptr().cast(), 64, &mut prio),
                 64
             );
+        }
+    }
+    t.elapsed()
+}
+
+/// What this machine allows any queue that takes a lock per operation: the
+/// lock word of a pair taken and released twice (a compare-and-swap and a
+/// plain store, as shmq's lock does), with nothing in between.
+fn lock_floor(iters: u64) -> Duration {
+    static WORD: AtomicU32 = AtomicU32::new(0);
+    let t = Instant::now();
+    for _ in 0..iters {
+        for _ in 0..2 {
+            let w = black_box(&WORD);
+            while w.compare_exchange(0, 1, Acquire, Relaxed).is_err() {}
+            w.store(0, Release);
         }
     }
     t.elapsed()
@@ -79,16 +97,21 @@ fn main() {
     // Warm up both.
     shmq_pair(shmq_iters / 10, &mq);
     kernel_pair(kernel_iters / 10, mqd);
-    let (mut s, mut k) = (Vec::new(), Vec::new());
+    let (mut s, mut k, mut f) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
         s.push(shmq_pair(shmq_iters, &mq).as_nanos() as f64 / shmq_iters as f64);
         k.push(kernel_pair(kernel_iters, mqd).as_nanos() as f64 / kernel_iters as f64);
+        f.push(lock_floor(shmq_iters).as_nanos() as f64 / shmq_iters as f64);
     }
-    let (s, k) = (median(s), median(k));
+    let (s, k, f) = (median(s), median(k), median(f));
     println!("uncontended send+receive pair, 64 B, median of {reps}:");
     println!("  shmq        {s:>9.1} ns");
     println!("  kernel mq   {k:>9.1} ns");
     println!("  ratio       {:>9.1}x faster", k / s);
+    println!(
+        "  lock floor  {f:>9.1} ns   (lock taken and released twice, nothing else: {:.1}x the kernel at best)",
+        k / f
+    );
     // Cost against depth and priority spread: the same pair on a queue that
     // already holds many messages, of one or of all priorities.
     let per = |mq: &shmq::PosixMq, prio: u32| {

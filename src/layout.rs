@@ -361,7 +361,8 @@ pub struct Region {
     len: usize,
     geo: Geometry,
     /// A layout 1.x file, whose other users may be 1.x libraries: the lock
-    /// is released with an atomic exchange that sees their sleepers.
+    /// goes through glibc, whose release is an atomic exchange that sees
+    /// their sleepers.
     legacy_lock: bool,
 }
 
