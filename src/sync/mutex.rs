@@ -559,7 +559,8 @@ mod tests {
     use super::*;
     use crate::layout::{Geometry, Mapping};
 
-    fn shared_lock(tag: &str) -> Mapping {
+    /// A formatted queue file, already unlinked, and its geometry.
+    fn shared_file(tag: &str) -> (std::fs::File, Geometry, Mapping) {
         let path = std::env::temp_dir().join(format!("shmq-mutex-{tag}-{}", std::process::id()));
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -570,7 +571,12 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let geo = Geometry::new(1, 8).unwrap();
         file.set_len(geo.file_size as u64).unwrap();
-        Mapping::format(&file, geo, 0o600).unwrap()
+        let m = Mapping::format(&file, geo, 0o600).unwrap();
+        (file, geo, m)
+    }
+
+    fn shared_lock(tag: &str) -> Mapping {
+        shared_file(tag).2
     }
 
     fn lock(r: &Region) -> (Acquired, Held) {
@@ -588,26 +594,15 @@ mod tests {
         unlock(r, held);
     }
 
-    /// Forks a child that runs `f` (async-signal-safe work only: the lock
-    /// paths make syscalls and touch atomics) and `_exit`s with its result.
+    /// Runs `f` in a forked child (see [`spawn_child`]) and returns its
+    /// exit code.
     fn in_child(f: impl FnOnce() -> i32) -> i32 {
-        // SAFETY: the child only runs `f` and `_exit`s.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            let code = f();
-            // SAFETY: ends the child without running the parent's cleanup.
-            unsafe { libc::_exit(code) };
-        }
-        let mut status = 0;
-        // SAFETY: pid is our child; status is valid storage.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        assert!(libc::WIFEXITED(status), "child did not exit normally");
-        libc::WEXITSTATUS(status)
+        reap(spawn_child(f)).expect("child did not exit normally")
     }
 
-    /// Forks a child that runs `f` (async-signal-safe work only) and
-    /// `_exit`s with its result; returns its pid.
+    /// Forks a child that runs `f` (async-signal-safe work only: the lock
+    /// paths make syscalls and touch atomics) and `_exit`s with its result;
+    /// returns its pid.
     fn spawn_child(f: impl FnOnce() -> i32) -> libc::pid_t {
         // SAFETY: the child only runs `f` and `_exit`s.
         let pid = unsafe { libc::fork() };
@@ -714,17 +709,7 @@ mod tests {
 
     #[test]
     fn a_1x_file_takes_the_glibc_path() {
-        let path = std::env::temp_dir().join(format!("shmq-mutex-v1-{}", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        let geo = Geometry::new(1, 8).unwrap();
-        file.set_len(geo.file_size as u64).unwrap();
-        let m = Mapping::format(&file, geo, 0o600).unwrap();
+        let (file, geo, m) = shared_file("v1");
         m.region().header().version.store(1 << 16 | 1, Relaxed);
         m.region()
             .header()
