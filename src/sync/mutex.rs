@@ -469,15 +469,25 @@ fn glibc_lock_spinning(r: &Region, tid: u32, spin_ns: u32) -> Result<Acquired, i
         match unsafe { libc::pthread_mutex_trylock(r.mutex_ptr()) } {
             0 => return Ok(Acquired::Clean),
             libc::EOWNERDEAD => return Ok(Acquired::OwnerDied),
-            libc::EBUSY if word(r).load(Relaxed) & FUTEX_TID_MASK == tid => {
-                return Err(libc::EDEADLK);
-            }
-            libc::EBUSY if start.elapsed() < limit => {
-                for _ in 0..16 {
-                    std::hint::spin_loop();
+            libc::EBUSY => {
+                let w = word(r);
+                let v = w.load(Relaxed);
+                let owner = v & FUTEX_TID_MASK;
+                if owner == tid {
+                    return Err(libc::EDEADLK);
+                }
+                if owner == 0 && v & FUTEX_OWNER_DIED == 0 {
+                    // Neither free nor owned: stray bits in a damaged word,
+                    // which glibc's trylock refuses for ever. Clear them.
+                    let _ = w.compare_exchange(v, 0, Relaxed, Relaxed);
+                } else if start.elapsed() < limit {
+                    for _ in 0..16 {
+                        std::hint::spin_loop();
+                    }
+                } else {
+                    nap(r, &mut barrier);
                 }
             }
-            libc::EBUSY => nap(r, &mut barrier),
             e => return Err(e),
         }
     }
@@ -720,6 +730,23 @@ mod tests {
         assert!(r.legacy_lock());
         let (a, held) = lock(r);
         assert_eq!((a, held.0), (Acquired::Clean, Path::Glibc));
+        unlock(r, held);
+        assert_eq!(word(r).load(Relaxed), 0);
+        // A word with no owner but the waiters bit (only damage makes one)
+        // is taken, not refused for ever.
+        word(r).store(FUTEX_WAITERS, Relaxed);
+        let (a, held) = lock(r);
+        assert_eq!((a, held.0), (Acquired::Clean, Path::Glibc));
+        unlock(r, held);
+    }
+
+    #[test]
+    fn a_word_with_only_the_waiters_bit_is_taken() {
+        let m = shared_lock("stray");
+        let r = m.region();
+        word(r).store(FUTEX_WAITERS, Relaxed);
+        let (a, held) = lock(r);
+        assert_eq!(a, Acquired::Clean);
         unlock(r, held);
         assert_eq!(word(r).load(Relaxed), 0);
     }
