@@ -32,8 +32,8 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQUEUE");
 /// counted in [`Header::lock_sleepers`] (what was padding in 1.x), which
 /// the releaser reads instead of the word's `FUTEX_WAITERS` bit. A 1.x
 /// library would sleep on the lock uncounted and could miss that release,
-/// and it refuses 2.x files; on a 1.x file this library releases the lock
-/// as 1.x did.
+/// and it refuses 2.x files; on a 1.x file this library takes the lock
+/// through glibc, whose release is an atomic exchange, as 1.x did.
 pub const VERSION_MAJOR: u32 = 2;
 /// Layout minor version: additions that old readers may ignore. Major 1 had
 /// 1.1: the priority whose list emptied last may keep its bitmap bit, and
@@ -394,7 +394,7 @@ impl Region {
             return Err(HeaderError::NotAQueue("no shmq magic number"));
         }
         let version = h.version.load(Relaxed);
-        // 1.x: the same layout, with the lock released as 1.x did.
+        // 1.x: the same layout; its lock is released as 1.x did.
         let legacy_lock = version >> 16 == 1;
         if version >> 16 != VERSION_MAJOR && !legacy_lock {
             return Err(HeaderError::Version { found: version });

@@ -569,7 +569,7 @@ mod tests {
     use super::*;
     use crate::layout::{Geometry, Mapping};
 
-    /// A formatted queue file, already unlinked, and its geometry.
+    /// A formatted queue file, already unlinked, its geometry and mapping.
     fn shared_file(tag: &str) -> (std::fs::File, Geometry, Mapping) {
         let path = std::env::temp_dir().join(format!("shmq-mutex-{tag}-{}", std::process::id()));
         let file = std::fs::OpenOptions::new()
@@ -700,6 +700,8 @@ mod tests {
         // SAFETY: child is our child process.
         assert_eq!(unsafe { libc::kill(child, libc::SIGKILL) }, 0);
         assert_eq!(reap(child), None);
+        // Futile wakes of other tests must not complete a reset here.
+        FUTILE.store(0, Relaxed);
         unlock(r, held);
         assert_eq!(
             r.header().lock_sleepers.load(Relaxed),
