@@ -248,6 +248,9 @@ impl Queue {
     }
 
     fn new(map: Mapping, path: PathBuf, name: &[u8], file_info: FileInfo) -> Queue {
+        // Here rather than at the first lock: in a process that already has
+        // several threads, registering waits for the kernel (10-20 ms).
+        mutex::register_process();
         let geo = map.region().geometry();
         Queue {
             map,

@@ -29,7 +29,7 @@
 //! processor may read the count before the store is visible; the sleeper
 //! closes that window with `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`
 //! before it sleeps (every process that releases this way registered for it
-//! when its first thread used the lock): once the barrier returns, either
+//! when it opened its first queue): once the barrier returns, either
 //! the releaser's store is visible, and the sleep returns at once, or its
 //! read of the count comes after the sleeper's increment, and it wakes the
 //! sleeper. The barrier costs about 20 µs here, so a nap skips it and
@@ -213,9 +213,16 @@ fn refresh() -> Me {
     m
 }
 
-/// Registers this process for the barrier that lock sleepers issue (see
-/// the module docs); without it, this process's threads take the glibc
-/// path, whose release is an atomic exchange.
+/// Registers this process, once, for the barrier that lock sleepers issue
+/// (see the module docs); without it, this process's threads take the
+/// glibc path, whose release is an atomic exchange. The first lock of each
+/// thread checks it; opening a queue calls it first, since registering a
+/// process that already has several threads waits for an RCU grace period
+/// (10-20 ms here), which a lock should not.
+pub fn register_process() {
+    registered();
+}
+
 fn registered() -> bool {
     match BARRIER.load(Relaxed) {
         1 => true,
