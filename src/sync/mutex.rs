@@ -652,17 +652,24 @@ mod tests {
         }
     }
 
+    /// Takes `r`'s lock, forks a child that runs `f` (which takes it too),
+    /// and returns once the child sleeps on it: the lock, the child's pid.
+    fn hold_while_a_child_sleeps(r: &Region, f: impl FnOnce() -> i32) -> (Held, libc::pid_t) {
+        let (_, held) = lock(r);
+        let child = spawn_child(f);
+        until_someone_sleeps(r);
+        (held, child)
+    }
+
     #[test]
     fn a_sleeper_in_another_process_gets_the_lock_once_released() {
         let m = shared_lock("sleeper");
         let r = m.region();
-        let (_, held) = lock(r);
-        let child = spawn_child(|| {
+        let (held, child) = hold_while_a_child_sleeps(r, || {
             let (a, held) = lock(r);
             unlock(r, held);
             i32::from(a == Acquired::Clean)
         });
-        until_someone_sleeps(r);
         // Long enough for the child's first nap to end and the next one to
         // begin with the barrier.
         std::thread::sleep(Duration::from_millis(50));
@@ -677,8 +684,7 @@ mod tests {
         let outer = shared_lock("gouter");
         let inner = shared_lock("ginner");
         let (a, b) = (outer.region(), inner.region());
-        let (_, held) = lock(b);
-        let child = spawn_child(|| {
+        let (held, child) = hold_while_a_child_sleeps(b, || {
             let (_, ho) = lock(a);
             // Nested: the glibc path, which must not sleep inside glibc.
             let (_, hi) = lock(b);
@@ -687,7 +693,6 @@ mod tests {
             unlock(a, ho);
             i32::from(ok)
         });
-        until_someone_sleeps(b);
         unlock(b, held);
         assert_eq!(reap(child), Some(1));
         assert_eq!(b.header().lock_sleepers.load(Relaxed), 0);
@@ -697,13 +702,11 @@ mod tests {
     fn the_count_of_a_sleeper_killed_asleep_is_dropped() {
         let m = shared_lock("killed");
         let r = m.region();
-        let (_, held) = lock(r);
-        let child = spawn_child(|| {
+        let (held, child) = hold_while_a_child_sleeps(r, || {
             let (_, held) = lock(r);
             unlock(r, held);
             0
         });
-        until_someone_sleeps(r);
         // SAFETY: child is our child process.
         assert_eq!(unsafe { libc::kill(child, libc::SIGKILL) }, 0);
         assert_eq!(reap(child), None);
