@@ -54,6 +54,28 @@ pub fn wait(
     }
 }
 
+/// Sleeps while `*word == expected`, for at most `limit` (relative,
+/// `CLOCK_MONOTONIC`); spurious returns are possible, and a signal ends the
+/// sleep. Returns whether the time ran out.
+pub fn wait_for(word: &AtomicU32, expected: u32, limit: std::time::Duration) -> bool {
+    let ts = libc::timespec {
+        tv_sec: limit.as_secs() as libc::time_t,
+        tv_nsec: limit.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: word is a valid aligned u32 for the duration of the call; ts
+    // is a valid relative timeout.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+        )
+    };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT)
+}
+
 /// Wakes up to `n` sleepers on `word`; returns how many were woken.
 pub fn wake(word: &AtomicU32, n: i32) -> usize {
     // SAFETY: word is a valid aligned u32 in a live mapping.

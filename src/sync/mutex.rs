@@ -421,30 +421,9 @@ fn nap(r: &Region, barrier: &mut bool) {
         } else {
             SHORT_NAP
         };
-        *barrier = sleep_on(w, v, limit);
+        *barrier = crate::sync::futex::wait_for(w, v, limit);
     }
     let _ = count.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
-}
-
-/// `FUTEX_WAIT` (shared) while `*w == v`, for at most `limit`; spurious
-/// returns are fine. Returns whether the time ran out.
-fn sleep_on(w: &AtomicU32, v: u32, limit: Duration) -> bool {
-    let ts = libc::timespec {
-        tv_sec: limit.as_secs() as libc::time_t,
-        tv_nsec: limit.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: w is a valid aligned u32 in a live mapping; ts is a valid
-    // relative timeout.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            w.as_ptr(),
-            libc::FUTEX_WAIT,
-            v,
-            &ts as *const libc::timespec,
-        )
-    };
-    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT)
 }
 
 /// The glibc path: a thread without a usable robust list, or a lock nested
