@@ -1,0 +1,295 @@
+//! Opening, creating and removing queue files; access checks.
+
+use super::*;
+
+/// Widens permission bits so that whoever has read or write access to the
+/// queue can open the file read-write (every participant writes the
+/// mapping). The requested access is enforced against the header's mode.
+pub(super) fn widen(mode: u32) -> u32 {
+    (0..3).fold(0, |acc, class| {
+        let bits = (mode >> (class * 3)) & 7;
+        acc | (if bits & 6 != 0 { 6 } else { 0 }) << (class * 3)
+    })
+}
+
+/// Whether the caller may open a queue of `mode` (owned per `fi`) for the
+/// given access, by the rules of the kernel's permission check.
+pub(super) fn permitted(mode: u32, fi: &FileInfo, read: bool, write: bool) -> bool {
+    let (uid, gid, groups) = sys::credentials();
+    if uid == 0 {
+        return true;
+    }
+    let bits = if uid == fi.uid {
+        mode >> 6
+    } else if gid == fi.gid || groups.contains(&fi.gid) {
+        mode >> 3
+    } else {
+        mode
+    } & 7;
+    (!read || bits & 4 != 0) && (!write || bits & 2 != 0)
+}
+
+impl Queue {
+    pub(super) fn open_file(file: &File, path: PathBuf, name: &[u8]) -> Result<Queue> {
+        let fi = sys::fstat(file.as_raw_fd())?;
+        if fi.mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Error::NotAQueue("not a regular file".into()));
+        }
+        let len = usize::try_from(fi.size).map_err(|_| Error::Os(Errno::EOVERFLOW))?;
+        if len < crate::layout::HEADER_SIZE {
+            use std::os::unix::fs::FileExt;
+            let mut magic = [0u8; 8];
+            let ours = file.read_exact_at(&mut magic, 0).is_ok()
+                && u64::from_le_bytes(magic) == crate::layout::MAGIC;
+            return Err(if ours {
+                Error::Corrupted(format!(
+                    "truncated to {len} bytes (the header alone is {})",
+                    crate::layout::HEADER_SIZE
+                ))
+            } else {
+                Error::NotAQueue("file is smaller than a queue header".into())
+            });
+        }
+        let map = Mapping::open(file, len).map_err(|e| match e {
+            MapError::Os(e) => Error::Os(e),
+            MapError::Header(h) => corrupted(h),
+        })?;
+        Ok(Queue::new(map, path, name, fi))
+    }
+
+    pub(super) fn new(map: Mapping, path: PathBuf, name: &[u8], file_info: FileInfo) -> Queue {
+        // Here rather than at the first lock: in a process that already has
+        // several threads, registering waits for the kernel (10-20 ms).
+        mutex::register_process();
+        let geo = map.region().geometry();
+        Queue {
+            map,
+            geo,
+            path,
+            name: name.to_vec(),
+            file_info,
+            can_spin: sys::usable_cpus() > 1,
+            tuning: Tuning {
+                spin_ns: AtomicU32::new(SPIN_MAX_NS / 2),
+                probe: AtomicU32::new(0),
+                futile_wakes: AtomicU32::new(0),
+                last_prio: AtomicU32::new(u32::MAX),
+                peer_on_my_cpu: AtomicBool::new(false),
+            },
+        }
+    }
+}
+
+impl Handle {
+    /// `mq_open`.
+    pub fn open(req: &OpenRequest<'_>) -> Result<Handle> {
+        let fname = crate::name::file_name(req.name)?;
+        let dir = crate::name::queue_dir(req.dir)?;
+        let path = dir.join(fname);
+        let (read, write) = match req.access & libc::O_ACCMODE {
+            libc::O_RDONLY => (true, false),
+            libc::O_WRONLY => (false, true),
+            libc::O_RDWR => (true, true),
+            _ => (false, false),
+        };
+        loop {
+            match sys::open_existing(&dir, fname) {
+                Ok(file) => {
+                    if req.create && req.exclusive {
+                        return Err(Error::Os(Errno::EEXIST));
+                    }
+                    if req.access & libc::O_ACCMODE == libc::O_ACCMODE {
+                        return Err(Error::Os(Errno::EINVAL));
+                    }
+                    let q = Queue::open_file(&file, path, req.name)?;
+                    let mode = q.region().header().mode.load(Relaxed);
+                    if !permitted(mode, &q.file_info, read, write) {
+                        return Err(Error::Os(Errno::EACCES));
+                    }
+                    return Handle::finish(file, q, read, write, req.nonblock);
+                }
+                Err(Errno::ENOENT) if req.create => match Self::create(req, &dir, fname, &path)? {
+                    Some((file, q)) => return Handle::finish(file, q, read, write, req.nonblock),
+                    None => continue, // another process created it first
+                },
+                Err(Errno::ELOOP) | Err(Errno::ENXIO) | Err(Errno::EISDIR) => {
+                    return Err(Error::NotAQueue("not a regular file".into()));
+                }
+                Err(e) => return Err(Error::Os(e)),
+            }
+        }
+    }
+
+    pub(super) fn create(
+        req: &OpenRequest<'_>,
+        dir: &Path,
+        fname: &std::ffi::OsStr,
+        path: &Path,
+    ) -> Result<Option<(File, Queue)>> {
+        let (maxmsg, msgsize) = req.attr.unwrap_or((DEFAULT_MAXMSG, DEFAULT_MSGSIZE));
+        let geo = Geometry::new(maxmsg, msgsize).map_err(|e| match e {
+            GeometryError::NotPositive => Error::Os(Errno::EINVAL),
+            GeometryError::Overflow => Error::Os(Errno::EOVERFLOW),
+        })?;
+        let (file, tmp) = sys::create_unnamed(dir, req.mode & 0o777)?;
+        let cleanup = |tmp: &Option<PathBuf>| {
+            if let Some(t) = tmp {
+                let _ = sys::unlink(t);
+            }
+        };
+        let built = (|| -> Result<Queue> {
+            let fi = sys::fstat(file.as_raw_fd())?;
+            let mode = fi.mode & 0o777; // requested mode minus umask
+            sys::fchmod(&file, widen(mode))?;
+            sys::reserve(&file, geo.file_size as u64).map_err(|e| match e {
+                Errno::EFBIG => Error::Os(Errno::ENOSPC),
+                e => Error::Os(e),
+            })?;
+            let map = Mapping::format(&file, geo, mode).map_err(Error::Os)?;
+            // Publish: the state word last, then the name.
+            map.region().header().state.store(STATE_READY, Release);
+            let fi = sys::fstat(file.as_raw_fd())?;
+            Ok(Queue::new(map, path.to_path_buf(), req.name, fi))
+        })();
+        let q = match built {
+            Ok(q) => q,
+            Err(e) => {
+                cleanup(&tmp);
+                return Err(e);
+            }
+        };
+        let linked = sys::link_into_place(&file, tmp.as_deref(), dir, fname);
+        cleanup(&tmp);
+        match linked {
+            Ok(()) => Ok(Some((file, q))),
+            Err(Errno::EEXIST) if req.exclusive => Err(Error::Os(Errno::EEXIST)),
+            Err(Errno::EEXIST) => Ok(None),
+            Err(e) => Err(Error::Os(e)),
+        }
+    }
+
+    pub(super) fn finish(
+        file: File,
+        q: Queue,
+        read: bool,
+        write: bool,
+        nonblock: bool,
+    ) -> Result<Handle> {
+        let flags = SharedFlags::new(if nonblock { FLAG_NONBLOCK } else { 0 })?;
+        Ok(Handle {
+            fd: file.into(),
+            desc: Arc::new(Description {
+                queue: q,
+                flags,
+                read,
+                write,
+            }),
+        })
+    }
+
+    /// The open description.
+    pub fn desc(&self) -> &Description {
+        &self.desc
+    }
+
+    /// `mq_notify` on this descriptor.
+    pub fn notify(&self, how: Option<crate::notify::Notification>) -> Result<()> {
+        crate::notify::register(&self.desc, how)
+    }
+
+    /// `dup`: a new descriptor sharing this one's open description.
+    pub fn try_clone(&self) -> Result<Handle> {
+        Ok(Handle {
+            fd: sys::dup_cloexec(self.fd.as_raw_fd())?,
+            desc: self.desc.clone(),
+        })
+    }
+
+    /// A handle owning `fd` (a duplicate of this handle's descriptor) and
+    /// sharing this handle's open description.
+    pub fn with_fd(&self, fd: OwnedFd) -> Handle {
+        Handle {
+            fd,
+            desc: self.desc.clone(),
+        }
+    }
+
+    /// The file descriptor of the queue file held by this handle.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Borrows the descriptor.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Whether the caller may use queue `q` for the given access, by its mode.
+pub fn permitted_on(q: &Queue, read: bool, write: bool) -> bool {
+    permitted(
+        q.region().header().mode.load(Relaxed),
+        &q.file_info,
+        read,
+        write,
+    )
+}
+
+/// `mq_unlink`: removes the name now; open handles keep working and the
+/// storage goes when the last one closes.
+pub fn unlink(name: &[u8], dir: Option<&Path>) -> Result<()> {
+    let fname = crate::name::file_name(name)?;
+    let dir = crate::name::queue_dir(dir)?;
+    match sys::unlink(&dir.join(fname)) {
+        Ok(()) => Ok(()),
+        // A sticky directory refuses with EPERM; mq_unlink says EACCES.
+        Err(Errno::EPERM) => Err(Error::Os(Errno::EACCES)),
+        Err(Errno::EISDIR) => Err(Error::NotAQueue("a directory".into())),
+        Err(e) => Err(Error::Os(e)),
+    }
+}
+
+/// Opens a queue file for inspection only (no access check beyond the
+/// file's own permissions, no descriptor flags).
+pub fn open_for_inspection(name: &[u8], dir: Option<&Path>) -> Result<Queue> {
+    let fname = crate::name::file_name(name)?;
+    let dir = crate::name::queue_dir(dir)?;
+    let file = sys::open_existing(&dir, fname).map_err(|e| match e {
+        Errno::ELOOP | Errno::ENXIO | Errno::EISDIR => {
+            Error::NotAQueue("not a regular file".into())
+        }
+        e => Error::Os(e),
+    })?;
+    Queue::open_file(&file, dir.join(fname), name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn widened_modes() {
+        assert_eq!(widen(0o600), 0o600);
+        assert_eq!(widen(0o640), 0o660);
+        assert_eq!(widen(0o604), 0o606);
+        assert_eq!(widen(0o200), 0o600);
+        assert_eq!(widen(0o000), 0o000);
+        assert_eq!(widen(0o421), 0o660);
+    }
+
+    #[test]
+    pub(super) fn timespec_rules() {
+        let ts = |s, n| libc::timespec {
+            tv_sec: s,
+            tv_nsec: n,
+        };
+        assert!(check_timespec(&ts(0, 0)).is_ok());
+        assert!(check_timespec(&ts(i64::MAX, 999_999_999)).is_ok());
+        assert_eq!(
+            check_timespec(&ts(0, 1_000_000_000)),
+            Err(Error::Os(Errno::EINVAL))
+        );
+        assert_eq!(check_timespec(&ts(0, -1)), Err(Error::Os(Errno::EINVAL)));
+        assert_eq!(check_timespec(&ts(-1, 0)), Err(Error::Os(Errno::EINVAL)));
+    }
+}

@@ -1,0 +1,270 @@
+//! Send, receive and getattr on an open description.
+
+use super::wait::Waiting;
+use super::*;
+
+impl Description {
+    /// The queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Whether this description is non-blocking.
+    pub fn nonblocking(&self) -> bool {
+        self.flags.word().load(Relaxed) & FLAG_NONBLOCK != 0
+    }
+
+    /// Sets or clears non-blocking mode; returns the old flags.
+    pub fn set_nonblocking(&self, on: bool) -> bool {
+        let old = if on {
+            self.flags.word().fetch_or(FLAG_NONBLOCK, Relaxed)
+        } else {
+            self.flags.word().fetch_and(!FLAG_NONBLOCK, Relaxed)
+        };
+        old & FLAG_NONBLOCK != 0
+    }
+
+    /// `mq_getattr`. Takes the lock, so the count is consistent (and
+    /// repaired first if a process died mid-operation).
+    pub fn attr(&self) -> Result<Attr> {
+        let q = &self.queue;
+        let g = q.lock()?;
+        q.reap_inflight(&g);
+        let curmsgs = q.region().header().lock.curmsgs.load(Relaxed);
+        drop(g);
+        Ok(Attr {
+            flags: if self.nonblocking() {
+                libc::O_NONBLOCK as i64
+            } else {
+                0
+            },
+            maxmsg: i64::from(q.geo.maxmsg),
+            msgsize: q.geo.msgsize as i64,
+            curmsgs: curmsgs as i64,
+        })
+    }
+
+    /// Under the lock: calls `take` until it yields something, waiting for
+    /// `side` (or failing with `EAGAIN` when non-blocking) while it yields
+    /// nothing, and repairing the queue when it finds an inconsistency.
+    /// The callers try `take` once themselves first: this is the slow path.
+    #[inline(never)]
+    pub(super) fn acquire<'q, T>(
+        &'q self,
+        g: &mut Guard<'q>,
+        side: Side,
+        deadline: Option<&libc::timespec>,
+        cancel_poll: bool,
+        attempts: &mut u32,
+        mut take: impl FnMut(&Region) -> queue::QResult<Option<T>>,
+    ) -> Result<T> {
+        let q = &self.queue;
+        let mut w = Waiting::new(cancel_poll);
+        let out = loop {
+            let res = match take(q.region()) {
+                Ok(Some(v)) => break Ok(v),
+                Ok(None) if self.nonblocking() => Err(Error::Os(Errno::EAGAIN)),
+                Ok(None) => q.block(g, side, deadline, &mut w),
+                Err(c) => q.repair(g, c, attempts),
+            };
+            if let Err(e) = res {
+                break Err(e);
+            }
+        };
+        w.leave(g, side, out.is_err());
+        out
+    }
+
+    /// `mq_timedsend`; `deadline` is absolute `CLOCK_REALTIME`, `None` blocks
+    /// without limit (subject to `O_NONBLOCK`).
+    #[inline]
+    pub fn send(&self, prio: u32, msg: &[u8], deadline: Option<&libc::timespec>) -> Result<()> {
+        self.send_with(prio, msg, deadline, false)
+    }
+
+    /// [`send`](Description::send); with `cancel_poll`, a sleep is cut
+    /// every 50 ms with `ERESTART` (see the C API's cancellation points).
+    #[inline]
+    pub fn send_with(
+        &self,
+        prio: u32,
+        msg: &[u8],
+        deadline: Option<&libc::timespec>,
+        cancel_poll: bool,
+    ) -> Result<()> {
+        if let Some(d) = deadline {
+            check_timespec(d)?;
+        }
+        if prio as usize >= NPRIO {
+            return Err(Error::Os(Errno::EINVAL));
+        }
+        if !self.write {
+            return Err(Error::Os(Errno::EBADF));
+        }
+        let q = &self.queue;
+        if msg.len() > q.geo.msgsize {
+            return Err(Error::Os(Errno::EMSGSIZE));
+        }
+        let r = q.region();
+        let h = r.header();
+        let mut g = q.lock()?;
+        let mut attempts = 0;
+        let idx = match queue::alloc(r) {
+            Ok(Some(idx)) => idx,
+            _ => self.acquire(
+                &mut g,
+                Side::Send,
+                deadline,
+                cancel_poll,
+                &mut attempts,
+                queue::alloc,
+            )?,
+        };
+        if msg.len() <= INLINE_MAX {
+            r.write_payload(idx, msg);
+        } else {
+            let (pid, start) = proc::me();
+            queue::begin_inflight(r, idx, SLOT_WRITING, pid, start)
+                .map_err(|c| Error::Corrupted(c.0.into()))?;
+            g.unlocked(|| r.write_payload(idx, msg))?;
+            if let Err(c) = queue::end_inflight(r, idx, SLOT_WRITING, pid) {
+                q.repair(&g, c, &mut attempts)?;
+                queue::end_inflight(r, idx, SLOT_WRITING, pid)
+                    .map_err(|c| Error::Corrupted(c.0.into()))?;
+            }
+        }
+        let was_empty = h.lock.curmsgs.load(Relaxed) == 0;
+        if let Err(c) = queue::enqueue(r, idx, prio, msg.len()) {
+            q.repair(&g, c, &mut attempts)?;
+            return Err(Error::Corrupted(c.0.into()));
+        }
+        h.sent.b.add(1);
+        let wake = g.prepare_wake(Side::Recv);
+        let notify = if was_empty {
+            crate::notify::should_fire(&g, q)
+        } else {
+            None
+        };
+        drop(g);
+        q.wake(Side::Recv, wake);
+        if let Some(n) = notify {
+            crate::notify::fire(q, n);
+        }
+        Ok(())
+    }
+
+    /// `mq_timedreceive`: fills `buf`, returns `(len, prio)`.
+    #[inline]
+    pub fn receive(
+        &self,
+        buf: &mut [u8],
+        deadline: Option<&libc::timespec>,
+    ) -> Result<(usize, u32)> {
+        self.receive_with(buf, deadline, false)
+    }
+
+    /// [`receive`](Description::receive); `cancel_poll` as for
+    /// [`send_with`](Description::send_with).
+    #[inline]
+    pub fn receive_with(
+        &self,
+        buf: &mut [u8],
+        deadline: Option<&libc::timespec>,
+        cancel_poll: bool,
+    ) -> Result<(usize, u32)> {
+        if let Some(d) = deadline {
+            check_timespec(d)?;
+        }
+        if !self.read {
+            return Err(Error::Os(Errno::EBADF));
+        }
+        let q = &self.queue;
+        if buf.len() < q.geo.msgsize {
+            return Err(Error::Os(Errno::EMSGSIZE));
+        }
+        let r = q.region();
+        let h = r.header();
+        let mut g = q.lock()?;
+        let mut attempts = 0;
+        let last = &q.tuning.last_prio;
+        let guess = last.load(Relaxed);
+        let (idx, prio, len) = match queue::pop_front(r, guess) {
+            Ok(Some(found)) => found,
+            _ => self.acquire(
+                &mut g,
+                Side::Recv,
+                deadline,
+                cancel_poll,
+                &mut attempts,
+                |r| queue::pop_front(r, guess),
+            )?,
+        };
+        if prio != guess {
+            last.store(prio, Relaxed);
+        }
+        if len <= INLINE_MAX {
+            r.read_payload(idx, &mut buf[..len]);
+            if let Err(c) = queue::release(r, idx) {
+                q.repair(&g, c, &mut attempts)?;
+                return Err(Error::Corrupted(c.0.into()));
+            }
+        } else {
+            let (pid, start) = proc::me();
+            let res = queue::begin_inflight(r, idx, SLOT_READING, pid, start);
+            if let Err(c) = res {
+                q.repair(&g, c, &mut attempts)?;
+                return Err(Error::Corrupted(c.0.into()));
+            }
+            g.unlocked(|| r.read_payload(idx, &mut buf[..len]))?;
+            if let Err(c) = queue::end_inflight(r, idx, SLOT_READING, pid) {
+                q.repair(&g, c, &mut attempts)?;
+                queue::end_inflight(r, idx, SLOT_READING, pid)
+                    .map_err(|c| Error::Corrupted(c.0.into()))?;
+            }
+            queue::release(r, idx).map_err(|c| Error::Corrupted(c.0.into()))?;
+        }
+        h.received.a.add(1);
+        let wake = g.prepare_wake(Side::Send);
+        drop(g);
+        q.wake(Side::Send, wake);
+        Ok((len, prio))
+    }
+}
+
+/// Where [`Description::die_holding_lock`] stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// A send that took a slot off the free list and half wrote it.
+    MidSend,
+    /// A receive that unlinked the head message but has not freed it.
+    MidReceive,
+}
+
+impl Description {
+    /// Crash-test hook: takes the lock, performs the first half of a send or
+    /// receive, then sleeps holding the lock until the process is killed.
+    pub fn die_holding_lock(&self, stage: Stage, on_locked: &dyn Fn()) -> ! {
+        let q = &self.queue;
+        let r = q.region();
+        let g = q.lock().expect("lock");
+        match stage {
+            Stage::MidSend => {
+                if let Ok(Some(idx)) = queue::alloc(r) {
+                    let half = vec![0xee; q.geo.msgsize / 2];
+                    r.write_payload(idx, &half);
+                    r.slot(idx).expect("valid").prio.store(1, Relaxed);
+                }
+            }
+            Stage::MidReceive => {
+                if let Ok(Some((idx, prio, _))) = queue::front(r) {
+                    let _ = queue::unlink_front(r, idx, prio);
+                }
+            }
+        }
+        std::mem::forget(g);
+        on_locked();
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
