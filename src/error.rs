@@ -58,11 +58,16 @@ impl fmt::Display for Error {
             Error::NotAQueue(why) => write!(f, "not a shmq queue: {why} (EBADMSG)"),
             Error::Incompatible { found, expected } => write!(
                 f,
-                "queue layout version {}.{} is not supported (this library uses {}.{}) (EPROTO)",
+                "queue layout version {}.{} is not supported (this library uses {}.{}){} (EPROTO)",
                 found >> 16,
                 found & 0xffff,
                 expected >> 16,
-                expected & 0xffff
+                expected & 0xffff,
+                if found >> 16 < 3 {
+                    "; a queue of layout 1 or 2 must be made again with this version"
+                } else {
+                    ""
+                }
             ),
             Error::Corrupted(why) => write!(f, "queue is corrupted: {why} (EBADMSG)"),
         }

@@ -1,7 +1,10 @@
 //! Read-only views of queues, for tools such as `mqtool`: attributes,
 //! per-priority counts, blocked callers, the notification owner, health, and
 //! the queued messages in delivery order (which the kernel's queues cannot
-//! show). [`Inspector::purge`] is the one operation here that changes a queue.
+//! show). [`Inspector::purge`] is the one operation here that changes a
+//! queue: [`Inspector::info`] and [`Inspector::peek`] never write to it, not
+//! even to repair what a dead process left (the next send or receive does),
+//! and never wait long for a busy lock.
 //!
 //! ```
 //! # let dir = std::env::temp_dir().join(format!("shmq-doc-inspect-{}", std::process::id()));
@@ -21,8 +24,9 @@
 use crate::engine::{self, Queue};
 use crate::error::{Error, Result};
 use crate::layout::VERSION;
+use crate::member::Cond;
 use crate::queue::{self, Locked};
-use crate::sys::proc;
+use crate::sync::mutex::{self, LockError, Wait};
 use nix::errno::Errno;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -39,37 +43,58 @@ pub struct NotifyOwner {
     pub signo: i32,
 }
 
-/// Whether the queue has needed repair.
+/// What the queue has been through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
-    /// Never repaired.
+    /// Never repaired, no damage found.
     Ok,
-    /// Repaired after processes died mid-operation; nothing was damaged.
+    /// Repaired after processes died mid-operation (a crash, which shmq
+    /// undoes: nothing a completed send put in was lost).
     Repaired {
         /// Number of repairs.
         repairs: u32,
     },
-    /// Slots with impossible contents were found and freed at some point.
-    Corrupted {
+    /// Damage was found at some point: slots or links with contents that no
+    /// crash explains, written by something other than shmq. Messages may
+    /// have been lost or spoiled.
+    Damaged {
         /// Number of repairs.
         repairs: u32,
-        /// Slots freed because their contents were impossible.
-        slots: u32,
+        /// Damaged slots or links found.
+        damage: u32,
     },
 }
 
 impl Health {
-    /// `"ok"`, `"repaired"` or `"corrupted"`.
+    /// `"ok"`, `"repaired"` or `"damaged"`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Health::Ok => "ok",
             Health::Repaired { .. } => "repaired",
-            Health::Corrupted { .. } => "corrupted",
+            Health::Damaged { .. } => "damaged",
         }
     }
 }
 
-/// A snapshot of a queue, taken under its lock.
+/// The queue lock, as an inspection found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockState {
+    /// Free, or briefly held: the snapshot was taken under it.
+    Free,
+    /// Held for longer than the inspection waited (by a stopped or busy
+    /// process): the snapshot was read without it and may be inconsistent.
+    Busy {
+        /// The holder's member number.
+        member: u32,
+    },
+    /// Its holder died: the next send or receive repairs the queue.
+    OwnerDied {
+        /// The dead holder's member number.
+        member: u32,
+    },
+}
+
+/// A snapshot of a queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueInfo {
     /// Queue name, `/...`.
@@ -84,9 +109,11 @@ pub struct QueueInfo {
     pub capacity: u64,
     /// Largest message (`mq_msgsize`).
     pub max_msg_len: u64,
-    /// Messages queued (`mq_curmsgs`).
+    /// Messages queued now (`mq_curmsgs`).
     pub current_messages: u64,
-    /// Permission bits the queue was created with.
+    /// Messages received but not acknowledged yet.
+    pub pending: u64,
+    /// Permission bits of the queue.
     pub mode: u32,
     /// Owner of the queue file.
     pub uid: u32,
@@ -95,12 +122,14 @@ pub struct QueueInfo {
     /// `(priority, count)` for every priority that has messages, highest
     /// first.
     pub per_priority: Vec<(u32, u64)>,
-    /// Receivers blocked in a receive (live processes only).
+    /// Receivers asleep in a receive (callers of live processes).
     pub blocked_receivers: u32,
-    /// Senders blocked in a send (live processes only).
+    /// Senders asleep in a send (callers of live processes).
     pub blocked_senders: u32,
     /// Slots being copied outside the lock right now.
     pub in_flight: u32,
+    /// Other processes using the queue now (live members).
+    pub processes: u32,
     /// The notification registration, if any.
     pub notify: Option<NotifyOwner>,
     /// Messages sent since creation.
@@ -109,6 +138,11 @@ pub struct QueueInfo {
     pub total_received: u64,
     /// Repair history.
     pub health: Health,
+    /// The lock when the snapshot was taken.
+    pub lock: LockState,
+    /// What is wrong with the lists right now, if anything (they will be
+    /// rebuilt by the next send or receive).
+    pub problem: Option<String>,
 }
 
 /// A message seen by [`Inspector::peek`].
@@ -119,6 +153,9 @@ pub struct Message {
     /// Payload.
     pub data: Vec<u8>,
 }
+
+/// How long an inspection waits for a busy lock before it reads without it.
+const LOOK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// An open queue, for looking inside.
 pub struct Inspector {
@@ -150,19 +187,41 @@ impl Inspector {
         self.q.path()
     }
 
-    /// A snapshot of the queue's state. Takes the lock briefly; discounts
-    /// blocked callers of dead processes and repairs slots that dead
-    /// processes held mid-copy, as any caller of the queue would.
+    /// The lock for a read-only look: never taken over from a dead owner,
+    /// never waited for long.
+    fn look(&self) -> std::result::Result<crate::engine::Guard<'_>, LockError> {
+        let deadline = crate::engine::realtime_after(LOOK_WAIT);
+        let w = Wait {
+            deadline: Some(&deadline),
+            take_over: false,
+            ..Wait::FOREVER
+        };
+        match self.q.lock_with(&w) {
+            Ok(g) => Ok(g),
+            Err(Error::Os(Errno::EOWNERDEAD)) => Err(LockError::OwnerDead),
+            Err(Error::Os(Errno::ETIMEDOUT)) => Err(LockError::TimedOut),
+            Err(_) => Err(LockError::WouldBlock),
+        }
+    }
+
+    /// A snapshot of the queue's state. Taken under the lock when it can be
+    /// had within a moment; otherwise (a stopped holder, a dead one) read
+    /// without it, and [`QueueInfo::lock`] says so. Changes nothing in the
+    /// queue.
     ///
     /// # Errors
-    /// [`Error::Corrupted`] when the queue cannot be read consistently.
+    /// Only for a queue that cannot be opened; what is wrong inside is in
+    /// the result.
     pub fn info(&self) -> Result<QueueInfo> {
         let q = &self.q;
         let r = q.region();
         let h = r.header();
-        let g = q.lock()?;
-        q.reap_inflight(&g);
-        queue::recount_waiters(r, &mut proc::alive);
+        let holder = mutex::owner_of(mutex::peek(r)).0;
+        let (g, lock) = match self.look() {
+            Ok(g) => (Some(g), LockState::Free),
+            Err(LockError::OwnerDead) => (None, LockState::OwnerDied { member: holder }),
+            Err(_) => (None, LockState::Busy { member: holder }),
+        };
         let mut per_priority: Vec<(u32, u64)> = Vec::new();
         let walked = queue::for_each(r, |_, prio, _| {
             match per_priority.last_mut() {
@@ -171,21 +230,18 @@ impl Inspector {
             }
             true
         });
-        if walked.is_err() {
-            queue::rebuild(r, &mut proc::alive);
-            per_priority.clear();
-            queue::for_each(r, |_, prio, _| {
-                match per_priority.last_mut() {
-                    Some((p, n)) if *p == prio => *n += 1,
-                    _ => per_priority.push((prio, 1)),
-                }
-                true
-            })
-            .map_err(|c| Error::Corrupted(c.0.into()))?;
+        let problem = walked.err().map(|c| c.0.to_string());
+        if problem.is_some() {
+            per_priority = queue::count_by_priority(r);
         }
-        let notify = crate::notify::owner(r);
+        let m = q.member()?;
+        // The kernel's count when it can give one, the header's hint
+        // otherwise.
+        let sleeping = |c: Cond, hint: &std::sync::atomic::AtomicU32| {
+            m.sleeping(c).unwrap_or(hint.load(Relaxed))
+        };
         let repairs = h.repairs.load(Relaxed);
-        let slots = h.corrupted_slots.load(Relaxed);
+        let damage = h.damage.load(Relaxed);
         let info = QueueInfo {
             name: String::from_utf8_lossy(q.name()).into_owned(),
             path: q.path().to_path_buf(),
@@ -197,21 +253,25 @@ impl Inspector {
             capacity: u64::from(q.geometry().maxmsg),
             max_msg_len: q.geometry().msgsize as u64,
             current_messages: h.lock.curmsgs.load(Relaxed),
-            mode: h.mode.load(Relaxed),
+            pending: u64::from(h.lock.npending.load(Relaxed)),
+            mode: q.mode(),
             uid: q.file_info().uid,
             gid: q.file_info().gid,
             per_priority,
-            blocked_receivers: h.waiting_recv.load(Relaxed),
-            blocked_senders: h.waiting_send.load(Relaxed),
+            blocked_receivers: sleeping(Cond::Recv, &h.sleeping_recv),
+            blocked_senders: sleeping(Cond::Send, &h.sleeping_send),
             in_flight: h.lock.ninflight.load(Relaxed),
-            notify,
+            processes: m.others(usize::MAX).len() as u32,
+            notify: crate::notify::owner(q),
             total_sent: h.sent.b.load(Relaxed),
             total_received: h.received.a.load(Relaxed),
-            health: match (repairs, slots) {
+            health: match (repairs, damage) {
                 (0, 0) => Health::Ok,
                 (repairs, 0) => Health::Repaired { repairs },
-                (repairs, slots) => Health::Corrupted { repairs, slots },
+                (repairs, damage) => Health::Damaged { repairs, damage },
             },
+            lock,
+            problem,
         };
         drop(g);
         Ok(info)
@@ -219,16 +279,21 @@ impl Inspector {
 
     /// The queued messages in delivery order (highest priority first, oldest
     /// first within a priority), at most `limit` of them, without removing
-    /// anything.
+    /// anything or changing anything.
     ///
     /// # Errors
-    /// [`Error::Corrupted`] when the lists cannot be walked.
+    /// `EAGAIN` when the lock is held by a stopped or busy process,
+    /// `EOWNERDEAD` when its holder died (the next send or receive repairs
+    /// the queue), [`Error::Corrupted`] when the lists cannot be walked.
     pub fn peek(&self, limit: Option<usize>) -> Result<Vec<Message>> {
         let q = &self.q;
         let r = q.region();
         let limit = limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
-        let g = q.lock()?;
+        let g = self.look().map_err(|e| match e {
+            LockError::OwnerDead => Error::Os(Errno::EOWNERDEAD),
+            _ => Error::Os(Errno::EAGAIN),
+        })?;
         if limit > 0 {
             queue::for_each(r, |idx, prio, len| {
                 let mut data = vec![0; len];
@@ -269,9 +334,7 @@ impl Inspector {
                     n += 1;
                 }
                 Ok(None) => break,
-                Err(_) => {
-                    queue::rebuild(r, &mut proc::alive);
-                }
+                Err(c) => q.repair_now(&g, c)?,
             }
         }
         let sleepers = h.sleeping_send.load(Relaxed) > 0;

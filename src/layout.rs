@@ -20,32 +20,29 @@
 //! ```
 #![allow(unsafe_code)]
 
-use std::cell::UnsafeCell;
 use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// `"SHMQUEUE"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQUEUE");
-/// Layout major version: a reader refuses any other major version, except
-/// that this library still opens 1.x files (see [`Region::legacy_lock`]). 2: the
-/// lock is released with a plain store, and a thread that sleeps on it is
-/// counted in [`Header::lock_sleepers`] (what was padding in 1.x), which
-/// the releaser reads instead of the word's `FUTEX_WAITERS` bit. A 1.x
-/// library would sleep on the lock uncounted and could miss that release,
-/// and it refuses 2.x files; on a 1.x file this library takes the lock
-/// through glibc, whose release is an atomic exchange, as 1.x did.
-pub const VERSION_MAJOR: u32 = 2;
-/// Layout minor version: additions that old readers may ignore. Major 1 had
-/// 1.1: the priority whose list emptied last may keep its bitmap bit, and
-/// `received.b` names it; each futex line records the CPU of its last waker,
-/// in what was padding. Both are part of 2.0.
+/// Layout major version: a reader refuses any other major version.
+///
+/// 3: the lock is shmq's own 64-bit word (owner thread id and participant
+/// number, see `sync::mutex`) instead of a glibc `pthread_mutex_t`, which
+/// no process ever hands to glibc; processes are known by participant
+/// numbers whose liveness the kernel keeps (`sys::live`), not by pid and
+/// start time; the 128-entry waiter table is gone (sleepers are known to the
+/// kernel the same way); the `mq_notify` registration names a doorbell
+/// instead of a process to signal. Files of layouts 1 and 2 are refused
+/// with `EPROTO`: their lock and their liveness rule are the unsound ones
+/// that 3 replaces, and processes still using them may share the file.
+pub const VERSION_MAJOR: u32 = 3;
+/// Layout minor version: additions that old readers may ignore.
 pub const VERSION_MINOR: u32 = 0;
 /// `major << 16 | minor`, as stored in [`Header::version`].
 pub const VERSION: u32 = (VERSION_MAJOR << 16) | VERSION_MINOR;
 /// Number of priorities: `0 ..= 32767`, like Linux's `MQ_PRIO_MAX`.
 pub const NPRIO: usize = 32768;
-/// Entries in the table of processes with blocked callers.
-pub const NWAITERS: usize = 128;
 
 /// [`Header::state`]: the file is fully initialised.
 pub const STATE_READY: u32 = 0x5244_5921;
@@ -60,21 +57,21 @@ pub const SLOT_WRITING: u32 = 1;
 pub const SLOT_QUEUED: u32 = 2;
 /// Slot state: taken by a receiver that is copying the payload out.
 pub const SLOT_READING: u32 = 3;
+/// Slot state: handed to a receiver that has not acknowledged it yet.
+pub const SLOT_PENDING: u32 = 4;
 
 /// "No slot" in a link field; links hold `index + 1` where they may be empty.
 pub const NIL: u32 = 0;
 
-/// The lock's cache line: the process-shared `pthread_mutex_t` and the
-/// counters every send and receive changes, so that taking the lock brings
-/// them along (on x86-64 the mutex is 40 bytes and all of this is one line).
-///
-/// pthread primitives must not be moved and used from any other memory
-/// address than the one they were located at when they were initialised; this
-/// one lives in the mapping and is only ever used in place.
+/// The lock's cache line: the lock word and the counters every send and
+/// receive changes, so that taking the lock brings them along.
 #[repr(C, align(64))]
 pub struct LockLine {
-    /// The robust, process-shared mutex guarding the queue.
-    pub mutex: UnsafeCell<libc::pthread_mutex_t>,
+    /// The lock word (see `sync::mutex`): the low half is a futex word in
+    /// the kernel's robust-futex format (owner thread id, `FUTEX_WAITERS`,
+    /// `FUTEX_OWNER_DIED`); the high half is the owner's participant
+    /// number. 0: free.
+    pub word: AtomicU64,
     /// Messages on the priority lists (`mq_curmsgs`).
     pub curmsgs: AtomicU64,
     /// Slots on the free list.
@@ -83,6 +80,11 @@ pub struct LockLine {
     pub free_head: AtomicU32,
     /// Slots being copied outside the lock.
     pub ninflight: AtomicU32,
+    /// Threads asleep on the lock (see `sync::mutex`).
+    pub sleepers: AtomicU32,
+    /// Messages received but not yet acknowledged.
+    pub npending: AtomicU32,
+    _reserved: [AtomicU64; 2],
 }
 
 /// A counter alone on its cache line (written by one side only).
@@ -93,57 +95,34 @@ pub struct OwnLine {
     pub a: AtomicU64,
     /// Messages sent since creation (senders); for receivers, the one
     /// priority whose bitmap bit may be stale (its list empty), plus one, or
-    /// 0 (layout 1.1; see `queue::retire`).
+    /// 0 (see `queue::retire`).
     pub b: AtomicU64,
 }
 
 /// The registration made by `mq_notify`, guarded by the queue lock.
+///
+/// The file names only a participant and its doorbell: what the
+/// registered process does when rung (which signal, which value, which
+/// function) it keeps to itself, so nothing written here can make anyone
+/// signal anyone.
 #[repr(C)]
 pub struct NotifyReg {
-    /// Registered process, 0 when nobody is registered.
+    /// Participant number of the registered process, 0 when nobody is.
+    pub owner: AtomicU32,
+    /// Its pid as it saw it (for display only: never acted on).
     pub pid: AtomicI32,
-    /// `SIGEV_NONE`, `SIGEV_SIGNAL` or `SIGEV_THREAD` (as `sigev_notify`).
+    /// `SIGEV_NONE`, `SIGEV_SIGNAL` or `SIGEV_THREAD` (for display).
     pub kind: AtomicU32,
-    /// Start time of `pid` (clock ticks since boot), to tell pid reuse.
-    pub start: AtomicU64,
-    /// Signal number for `SIGEV_SIGNAL`.
+    /// Signal number for `SIGEV_SIGNAL` (for display).
     pub signo: AtomicU32,
-    /// Identifies the current registration (never 0 while registered).
-    pub token: AtomicU32,
-    /// `sigev_value` (the pointer-sized union, as an integer).
-    pub value: AtomicU64,
-    /// Futex word bumped whenever a registration fires or is removed, so
-    /// that a `SIGEV_THREAD` helper thread wakes up.
-    pub event: AtomicU32,
-    /// Token of the last registration that fired.
-    pub fired_token: AtomicU32,
+    /// The registration's serial, chosen by the registrant and sent back to
+    /// it on the doorbell.
+    pub token: AtomicU64,
+    /// The registrant's doorbell: a socket name (see `sys::bell`).
+    pub bell: AtomicU64,
     /// Number of notifications sent (statistics).
     pub fired: AtomicU64,
-    /// Source of registration tokens.
-    pub next_token: AtomicU32,
-    _reserved: AtomicU32,
-}
-
-/// Per-process counts of callers blocked in this queue.
-///
-/// A dead process's entry is found by its pid and start time and discounted,
-/// so a `kill -9` of a blocked receiver cannot leave a phantom receiver
-/// behind (that would suppress notifications forever).
-#[repr(C)]
-pub struct WaiterEntry {
-    /// Process id, 0 for an empty entry.
-    pub pid: AtomicI32,
-    /// Receivers of `pid` blocked (spinning or sleeping).
-    pub recv: AtomicU32,
-    /// Start time of `pid`.
-    pub start: AtomicU64,
-    /// Senders of `pid` blocked (spinning or sleeping).
-    pub send: AtomicU32,
-    /// Receivers of `pid` asleep on the futex.
-    pub recv_sleeping: AtomicU32,
-    /// Senders of `pid` asleep on the futex.
-    pub send_sleeping: AtomicU32,
-    _reserved: AtomicU32,
+    _reserved: [AtomicU64; 3],
 }
 
 /// The queue header. Fields in the first block are written once, before the
@@ -167,17 +146,18 @@ pub struct Header {
     pub msgsize: AtomicU64,
     /// Size of the whole file.
     pub file_size: AtomicU64,
-    /// Permission bits the queue was created with (requested mode minus
-    /// umask): the access check uses these, not the file's mode.
+    /// Permission bits the queue was created with, for display: access is
+    /// checked against the file's own mode bits, which only its owner can
+    /// change (see `engine::open`).
     pub mode: AtomicU32,
-    /// `size_of::<pthread_mutex_t>()` of the creator.
-    pub mutex_size: AtomicU32,
+    /// `size_of::<LockLine>()`.
+    pub lock_size: AtomicU32,
     /// [`NPRIO`].
     pub nprio: AtomicU32,
     /// `size_of::<SlotHeader>()`.
     pub slot_header_size: AtomicU32,
 
-    /// The mutex guarding everything below, with the hottest counters.
+    /// The lock, with the hottest counters.
     pub lock: LockLine,
     /// Senders' line: `a` is the next message sequence number (orders
     /// messages within a priority), `b` the messages sent since creation.
@@ -188,22 +168,22 @@ pub struct Header {
 
     /// Head of the list of slots being copied (`index + 1`, or [`NIL`]).
     pub inflight_head: AtomicU32,
-    /// Receivers blocked (spinning or asleep), summed over the waiter table.
-    pub waiting_recv: AtomicU32,
-    /// Senders blocked (spinning or asleep).
-    pub waiting_send: AtomicU32,
-    /// Receivers asleep on [`Header::not_empty`].
+    /// Receivers asleep on [`Header::not_empty`] (a hint that errs high: a
+    /// sleeper killed asleep stays counted until a recount finds no
+    /// sleeper at all; see `engine::wait`).
     pub sleeping_recv: AtomicU32,
-    /// Senders asleep on [`Header::not_full`].
+    /// Senders asleep on [`Header::not_full`] (as `sleeping_recv`).
     pub sleeping_send: AtomicU32,
-    /// Repairs done after a process died or an inconsistency was found.
+    /// Repairs done after a process died mid-operation.
     pub repairs: AtomicU32,
-    /// Slots found corrupted (not explained by a crash) during repairs.
-    pub corrupted_slots: AtomicU32,
-    /// Waiter-table overflows (callers that blocked untracked).
-    pub untracked_waits: AtomicU32,
-    /// Threads asleep on the lock (2.0; see `sync::mutex`).
-    pub lock_sleepers: AtomicU32,
+    /// Damage found: slots or structures with impossible contents, which no
+    /// crash explains.
+    pub damage: AtomicU32,
+    /// Source of participant numbers (see `sys::live`).
+    pub next_member: AtomicU32,
+    /// Wakes in a row on the lock that found nobody asleep.
+    pub lock_futile: AtomicU32,
+    _misc_reserved: [AtomicU32; 9],
 
     /// Futex word bumped when a message is published and someone sleeps.
     pub not_empty: FutexLine,
@@ -212,13 +192,13 @@ pub struct Header {
 
     /// `mq_notify` registration.
     pub notify: NotifyReg,
+    /// Reserved for readiness watchers.
+    pub watch: [AtomicU64; 8],
 
     /// Highest level of the priority bitmap: bit `i` set when `mid[i] != 0`.
     pub bitmap_top: AtomicU64,
     /// Middle level: bit `j` of `mid[i]` set when `leaf[i * 64 + j] != 0`.
     pub bitmap_mid: [AtomicU64; NPRIO / 64 / 64],
-    /// Waiter table.
-    pub waiters: [WaiterEntry; NWAITERS],
     /// Lowest level: bit `p % 64` of `leaf[p / 64]` set when priority `p`
     /// has messages.
     pub bitmap_leaf: [AtomicU64; NPRIO / 64],
@@ -227,30 +207,33 @@ pub struct Header {
     pub tails: [AtomicU32; NPRIO],
 }
 
-/// A futex word alone on its cache line, and (layout 1.1, in what was
-/// padding) the CPU of the last caller that woke a sleeper on it, plus one
-/// (0: unknown): a hint for the sleeper, see `Side::woken_from_my_cpu`.
+/// A futex word alone on its cache line, and the CPU of the last caller
+/// that woke a sleeper on it, plus one (0: unknown): a hint for the
+/// sleeper, see `Side::woken_from_my_cpu`.
 #[repr(C, align(64))]
 pub struct FutexLine(pub AtomicU32, pub AtomicU32);
 
 /// The header of every slot.
 #[repr(C)]
 pub struct SlotHeader {
-    /// `SLOT_FREE`, `SLOT_WRITING`, `SLOT_QUEUED` or `SLOT_READING`.
+    /// `SLOT_FREE`, `SLOT_WRITING`, `SLOT_QUEUED`, `SLOT_READING` or
+    /// `SLOT_PENDING`.
     pub state: AtomicU32,
     /// Raw index of the next slot on whatever list this slot is on.
     pub next: AtomicU32,
     /// Message priority.
     pub prio: AtomicU32,
-    /// Process copying into or out of this slot (`WRITING`/`READING`).
-    pub owner_pid: AtomicI32,
+    /// Participant copying into or out of this slot (`WRITING`/`READING`),
+    /// or holding it unacknowledged (`PENDING`).
+    pub owner: AtomicU32,
     /// Payload length.
     pub len: AtomicU64,
     /// Sequence number given when the message was queued.
     pub seq: AtomicU64,
-    /// Start time of `owner_pid`.
-    pub owner_start: AtomicU64,
-    _reserved: AtomicU64,
+    /// Thread of `owner` copying (`WRITING`/`READING`).
+    pub owner_tid: AtomicU32,
+    _reserved: AtomicU32,
+    _reserved2: AtomicU64,
 }
 
 const _: () = assert!(offset_of!(Header, magic) == 0);
@@ -258,28 +241,25 @@ const _: () = assert!(offset_of!(Header, version) == 8);
 const _: () = assert!(offset_of!(Header, state) == 12);
 const _: () = assert!(offset_of!(Header, maxmsg) == 24);
 const _: () = assert!(offset_of!(Header, lock) == 64);
-// Layout 2.0 on x86-64 (1.x plus `lock_sleepers`), frozen: a change here is
-// a new layout version.
-#[cfg(target_arch = "x86_64")]
+// Layout 3.0, frozen: a change here is a new layout version.
 const _: () = {
     assert!(size_of::<LockLine>() == 64);
-    assert!(offset_of!(Header, lock) + offset_of!(LockLine, free_head) == 120);
+    assert!(offset_of!(Header, lock) + offset_of!(LockLine, sleepers) == 96);
     assert!(offset_of!(Header, sent) == 128);
     assert!(offset_of!(Header, received) == 192);
     assert!(offset_of!(Header, inflight_head) == 256);
-    assert!(offset_of!(Header, lock_sleepers) == 288);
+    assert!(offset_of!(Header, next_member) == 276);
     assert!(offset_of!(Header, not_empty) == 320);
     assert!(offset_of!(Header, not_full) == 384);
     assert!(offset_of!(Header, notify) == 448);
-    assert!(offset_of!(Header, bitmap_top) == 504);
-    assert!(offset_of!(Header, waiters) == 576);
-    assert!(offset_of!(Header, bitmap_leaf) == 4672);
-    assert!(offset_of!(Header, tails) == 8768);
-    assert!(size_of::<Header>() == 139_840);
+    assert!(size_of::<NotifyReg>() == 64);
+    assert!(offset_of!(Header, watch) == 512);
+    assert!(offset_of!(Header, bitmap_top) == 576);
+    assert!(offset_of!(Header, bitmap_leaf) == 648);
+    assert!(offset_of!(Header, tails) == 4744);
+    assert!(size_of::<Header>() == 135_872);
 };
 const _: () = assert!(size_of::<SlotHeader>() == 48);
-const _: () = assert!(size_of::<WaiterEntry>() == 32);
-const _: () = assert!(size_of::<libc::pthread_mutex_t>() <= 64);
 
 /// Alignment of the slot area and of each slot.
 pub const SLOT_ALIGN: usize = 64;
@@ -360,10 +340,6 @@ pub struct Region {
     base: *mut u8,
     len: usize,
     geo: Geometry,
-    /// A layout 1.x file, whose other users may be 1.x libraries: the lock
-    /// goes through glibc, whose release is an atomic exchange that sees
-    /// their sleepers.
-    legacy_lock: bool,
 }
 
 // SAFETY: the region only hands out references to atomics (which are Sync)
@@ -388,15 +364,13 @@ impl Region {
             ));
         }
         // SAFETY: len >= HEADER_SIZE >= size_of::<Header>() and base is
-        // aligned (caller); Header is all atomics and UnsafeCell.
+        // aligned (caller); Header is all atomics.
         let h = unsafe { &*(base as *const Header) };
         if h.magic.load(Relaxed) != MAGIC {
             return Err(HeaderError::NotAQueue("no shmq magic number"));
         }
         let version = h.version.load(Relaxed);
-        // 1.x: the same layout; its lock is released as 1.x did.
-        let legacy_lock = version >> 16 == 1;
-        if version >> 16 != VERSION_MAJOR && !legacy_lock {
+        if version >> 16 != VERSION_MAJOR {
             return Err(HeaderError::Version { found: version });
         }
         match h.state.load(Relaxed) {
@@ -425,9 +399,9 @@ impl Region {
             ("file size", h.file_size.load(Relaxed), geo.file_size as u64),
             ("actual file size", len as u64, geo.file_size as u64),
             (
-                "mutex size",
-                h.mutex_size.load(Relaxed) as u64,
-                size_of::<libc::pthread_mutex_t>() as u64,
+                "lock line size",
+                h.lock_size.load(Relaxed) as u64,
+                size_of::<LockLine>() as u64,
             ),
             ("priority count", h.nprio.load(Relaxed) as u64, NPRIO as u64),
             (
@@ -443,30 +417,20 @@ impl Region {
                 )));
             }
         }
-        Ok(Region {
-            base,
-            len,
-            geo,
-            legacy_lock,
-        })
+        Ok(Region { base, len, geo })
     }
 
     /// Writes a fresh, empty queue over zeroed bytes (all slots free).
     ///
-    /// The lock is not initialised here (see `sync::mutex::init`), and
-    /// `state` is left at 0: the creator publishes [`STATE_READY`] last.
+    /// The lock word starts free (0), and `state` is left at 0: the creator
+    /// publishes [`STATE_READY`] last.
     ///
     /// # Safety
     /// As for [`Region::open`]; additionally the bytes are zero, `len ==
     /// geo.file_size`, and no other process can see them yet.
     pub unsafe fn format(base: *mut u8, len: usize, geo: Geometry, mode: u32) -> Region {
         assert_eq!(len, geo.file_size);
-        let r = Region {
-            base,
-            len,
-            geo,
-            legacy_lock: false,
-        };
+        let r = Region { base, len, geo };
         let h = r.header();
         h.magic.store(MAGIC, Relaxed);
         h.version.store(VERSION, Relaxed);
@@ -476,8 +440,7 @@ impl Region {
         h.msgsize.store(geo.msgsize as u64, Relaxed);
         h.file_size.store(geo.file_size as u64, Relaxed);
         h.mode.store(mode & 0o777, Relaxed);
-        h.mutex_size
-            .store(size_of::<libc::pthread_mutex_t>() as u32, Relaxed);
+        h.lock_size.store(size_of::<LockLine>() as u32, Relaxed);
         h.nprio.store(NPRIO as u32, Relaxed);
         h.slot_header_size
             .store(size_of::<SlotHeader>() as u32, Relaxed);
@@ -498,23 +461,11 @@ impl Region {
         self.geo
     }
 
-    /// Whether the file is of layout 1.x (see [`VERSION_MAJOR`]).
-    #[inline]
-    pub fn legacy_lock(&self) -> bool {
-        self.legacy_lock
-    }
-
     /// The header.
     pub fn header(&self) -> &Header {
         // SAFETY: checked at construction: base is aligned and the region
-        // holds at least HEADER_SIZE bytes; Header is atomics and UnsafeCell
-        // only, so shared references to it are sound while others write.
+        // holds at least HEADER_SIZE bytes; Header is atomics only, so shared references to it are sound while others write.
         unsafe { &*(self.base as *const Header) }
-    }
-
-    /// Pointer to the `pthread_mutex_t` inside the header.
-    pub fn mutex_ptr(&self) -> *mut libc::pthread_mutex_t {
-        self.header().lock.mutex.get()
     }
 
     /// Slot `idx`, or `None` if `idx` is out of range.
@@ -617,7 +568,7 @@ impl Mapping {
     }
 
     /// Maps a new, zero-filled file of `geo.file_size` bytes that no other
-    /// process can see yet and formats an empty queue in it, lock included.
+    /// process can see yet and formats an empty queue in it.
     /// `state` is left at 0; the caller publishes [`STATE_READY`].
     pub fn format(
         file: &std::fs::File,
@@ -627,7 +578,6 @@ impl Mapping {
         let map = map_file(file, geo.file_size)?;
         // SAFETY: as in `open`; the file is new, zeroed and private to us.
         let region = unsafe { Region::format(map.as_mut_ptr(), geo.file_size, geo, mode) };
-        crate::sync::mutex::init(&region).map_err(nix::errno::Errno::from_raw)?;
         Ok(Mapping { region, _map: map })
     }
 
@@ -765,12 +715,12 @@ mod tests {
         // SAFETY: as above.
         let r = unsafe { Region::format(buf.as_ptr(), buf.len(), g, 0o600) };
         r.header().state.store(STATE_READY, Relaxed);
-        r.header().version.store(3 << 16, Relaxed);
+        r.header().version.store(4 << 16, Relaxed);
         // SAFETY: as above.
         let e = unsafe { Region::open(buf.as_ptr(), buf.len()) }
             .err()
             .unwrap();
-        assert_eq!(e, HeaderError::Version { found: 3 << 16 });
+        assert_eq!(e, HeaderError::Version { found: 4 << 16 });
         buf.bytes_mut()[8..12].copy_from_slice(&VERSION.to_le_bytes());
         buf.bytes_mut()[24] = 6; // maxmsg 6 no longer matches the file size
         // SAFETY: as above.

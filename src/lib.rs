@@ -39,6 +39,7 @@ mod engine;
 mod error;
 pub mod inspect;
 mod layout;
+mod member;
 pub mod mqueue;
 pub mod name;
 mod notify;

@@ -1,31 +1,35 @@
 //! `mq_notify`: one registered process per queue, told when a message lands
 //! in an empty queue that no receiver is waiting on.
 //!
-//! The registration lives in the queue header (pid, start time, kind, signal,
-//! value, token). A sender that publishes into an empty queue with nobody
-//! blocked in a receive decides, under the lock, to fire; it removes the
-//! registration (one-shot) and, after unlocking:
-//! - `SIGEV_SIGNAL`: queues the signal to the owner with `si_code =
-//!   SI_MESGQ`, its own pid and uid, and the registered value;
-//! - `SIGEV_THREAD`: bumps the header's event futex; a helper thread in the
-//!   owner process, started at registration and waiting on that word, sees
-//!   its token fired and runs the delivery (the function in a new thread);
-//! - `SIGEV_NONE`: nothing.
+//! The registration in the queue header names only a member (see
+//! [`crate::member`]) and its doorbell (see [`crate::sys::bell`]); what to
+//! do when rung stays in the registered process: the signal and value of a
+//! `SIGEV_SIGNAL`, the function of a `SIGEV_THREAD`, each under a random
+//! token. A sender that publishes into an empty queue with nobody asleep in
+//! a receive decides, under the lock, to fire: it removes the registration
+//! (one-shot) and, after unlocking, rings the doorbell with the queue's
+//! identity and the token. Nothing else: the registered process's doorbell
+//! thread checks the ring against its own registrations and then raises the
+//! signal on its own process (`si_code = SI_MESGQ`, the sender's pid and uid
+//! as the kernel gave them on the socket) or starts the function's thread.
+//! So a process that can write the queue file cannot make a sender signal
+//! anyone, and every `SIGEV_THREAD` registration is delivered on its own
+//! token: one that fires before the previous one was delivered loses
+//! nothing.
 //!
-//! A registration whose owner is dead (pid gone, zombie, or reused with
-//! another start time) counts as absent. Removing it (`notify(None)` by the
-//! owner, the owner closing any descriptor of the queue, firing) bumps the
-//! event word too, so a helper thread never outlives its registration.
+//! A registration whose member is gone counts as absent. Removing it
+//! (`notify(None)` by the owner, the owner closing any descriptor of the
+//! queue, firing) forgets the local action too.
 
 use crate::engine::{Description, Guard, Queue};
 use crate::error::{Error, Result};
 use crate::layout::{NotifyReg, Region};
-use crate::queue::{self, Locked};
-use crate::sync::futex;
-use crate::sys::{self, proc};
+use crate::member::Cond;
+use crate::queue::Locked;
+use crate::sys::{self, bell};
 use nix::errno::Errno;
-use std::sync::Arc;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 
 /// What to do when the queue becomes non-empty (the `sigevent` of
 /// `mq_notify`).
@@ -39,8 +43,8 @@ pub enum Notification {
         /// `sigev_value`, as an integer.
         value: u64,
     },
-    /// `SIGEV_THREAD`: run `deliver` on the helper thread of this process;
-    /// it starts the thread that runs the user's function.
+    /// `SIGEV_THREAD`: run `deliver` (it starts the thread that runs the
+    /// user's function).
     Thread {
         /// The delivery, run once.
         deliver: Box<dyn FnOnce() + Send + 'static>,
@@ -55,30 +59,74 @@ fn kind_of(n: &Notification) -> u32 {
     }) as u32
 }
 
-/// Whether the registration in `n` belongs to a live process.
-fn live_owner(n: &NotifyReg) -> Option<i32> {
-    let pid = n.pid.load(Relaxed);
-    (pid != 0 && proc::alive(pid, n.start.load(Relaxed))).then_some(pid)
+/// The ring kind of a notification.
+const RING_NOTIFY: u32 = 1;
+
+/// What this process does when one of its registrations fires, by token.
+struct Action {
+    queue: (u64, u64),
+    what: Notification,
 }
 
-/// Clears the registration (lock held) and wakes a helper thread.
+static ACTIONS: Mutex<Vec<(u64, Action)>> = Mutex::new(Vec::new());
+
+fn actions() -> std::sync::MutexGuard<'static, Vec<(u64, Action)>> {
+    ACTIONS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs on the doorbell thread for every ring.
+fn rung(r: bell::Ring) {
+    if r.kind != RING_NOTIFY {
+        return;
+    }
+    let [dev, ino, token] = r.words;
+    let action = {
+        let mut a = actions();
+        let Some(i) = a
+            .iter()
+            .position(|(t, act)| *t == token && act.queue == (dev, ino))
+        else {
+            return;
+        };
+        a.swap_remove(i).1
+    };
+    match action.what {
+        Notification::Signal { signo, value } if signo != 0 => {
+            let _ = sys::queue_mesgq_signal(signo, value, r.pid, r.uid);
+        }
+        Notification::Thread { deliver } => deliver(),
+        _ => {}
+    }
+}
+
+fn forget(token: u64) {
+    actions().retain(|(t, _)| *t != token);
+}
+
+/// Whether the registration in `n` belongs to a live member.
+fn live_owner(q: &Queue, n: &NotifyReg) -> Option<u32> {
+    let owner = n.owner.load(Relaxed);
+    (owner != 0 && q.member_alive(owner)).then_some(owner)
+}
+
+/// Clears the registration (lock held).
 fn clear(n: &NotifyReg) {
-    n.pid.store(0, Relaxed);
+    n.owner.store(0, Relaxed);
     n.token.store(0, Relaxed);
-    n.event.add(1);
+    n.bell.store(0, Relaxed);
 }
 
 /// The registration, if its owner is alive.
-pub(crate) fn owner(r: &Region) -> Option<crate::inspect::NotifyOwner> {
-    let n = &r.header().notify;
-    let pid = live_owner(n)?;
+pub(crate) fn owner(q: &Queue) -> Option<crate::inspect::NotifyOwner> {
+    let n = &q.region().header().notify;
+    live_owner(q, n)?;
     let kind = match n.kind.load(Relaxed) as i32 {
         libc::SIGEV_SIGNAL => "signal",
         libc::SIGEV_THREAD => "thread",
         _ => "none",
     };
     Some(crate::inspect::NotifyOwner {
-        pid,
+        pid: n.pid.load(Relaxed),
         kind,
         signo: n.signo.load(Relaxed) as i32,
     })
@@ -89,141 +137,101 @@ pub(crate) fn register(desc: &Arc<Description>, how: Option<Notification>) -> Re
     let q = desc.queue();
     let r = q.region();
     let n = &r.header().notify;
-    let (me, start) = proc::me();
     if let Some(Notification::Signal { signo, .. }) = &how {
         if !(0..=64).contains(signo) {
             return Err(Error::Os(Errno::EINVAL));
         }
     }
+    let me = q.member()?.id();
+    let key = q.key()?;
+    // The doorbell exists before the registration names it.
+    let bell = match &how {
+        Some(Notification::Signal { signo, .. }) if *signo != 0 => bell::mine(rung)?,
+        Some(Notification::Thread { .. }) => bell::mine(rung)?,
+        _ => 0,
+    };
     let g = q.lock()?;
-    let owner = live_owner(n);
+    let owner = live_owner(q, n);
     let Some(how) = how else {
         // Removal: only the owner's counts (Linux ignores anyone else).
         if owner == Some(me) {
+            let token = n.token.load(Relaxed);
             clear(n);
-            let event = &n.event;
             drop(g);
-            futex::wake(event, i32::MAX);
+            forget(token);
         }
         return Ok(());
     };
     if owner.is_some() {
         return Err(Error::Os(Errno::EBUSY));
     }
-    let mut token = n.next_token.load(Relaxed).wrapping_add(1);
-    if token == 0 {
-        token = 1;
-    }
-    n.next_token.store(token, Relaxed);
+    let token = crate::sys::random_u64() | 1;
     n.kind.store(kind_of(&how), Relaxed);
-    n.start.store(start, Relaxed);
-    n.signo.store(0, Relaxed);
-    n.value.store(0, Relaxed);
-    match &how {
-        Notification::Signal { signo, value } => {
-            n.signo.store(*signo as u32, Relaxed);
-            n.value.store(*value, Relaxed);
-        }
-        Notification::None | Notification::Thread { .. } => {}
-    }
+    n.signo.store(
+        match &how {
+            Notification::Signal { signo, .. } => *signo as u32,
+            _ => 0,
+        },
+        Relaxed,
+    );
+    n.pid.store(std::process::id() as i32, Relaxed);
     n.token.store(token, Relaxed);
-    n.pid.store(me, Release);
+    n.bell.store(bell, Relaxed);
+    actions().push((
+        token,
+        Action {
+            queue: key,
+            what: how,
+        },
+    ));
+    n.owner.store(me, Relaxed);
     drop(g);
-    if let Notification::Thread { deliver } = how {
-        let desc = Arc::clone(desc);
-        let spawned = std::thread::Builder::new()
-            .name("shmq-notify".into())
-            .spawn(move || helper(&desc, token, deliver));
-        if spawned.is_err() {
-            // No helper: undo the registration rather than promise nothing.
-            let g = q.lock()?;
-            if n.token.load(Relaxed) == token {
-                clear(n);
-            }
-            drop(g);
-            return Err(Error::Os(Errno::EAGAIN));
-        }
-    }
     Ok(())
-}
-
-/// The helper thread of a `SIGEV_THREAD` registration: waits until its
-/// registration fires (run the delivery) or is removed (just exit).
-fn helper(desc: &Description, token: u32, deliver: Box<dyn FnOnce() + Send>) {
-    let n = &desc.queue().region().header().notify;
-    let me = proc::me().0;
-    loop {
-        let ev = n.event.load(Acquire);
-        if n.fired_token.load(Acquire) == token {
-            deliver();
-            return;
-        }
-        if n.token.load(Acquire) != token || n.pid.load(Acquire) != me {
-            return;
-        }
-        let _ = futex::wait(&n.event, ev, None);
-    }
 }
 
 /// A notification decided under the lock, sent after it is released.
 pub struct Pending {
-    kind: i32,
-    pid: i32,
-    signo: i32,
-    value: u64,
+    bell: u64,
+    token: u64,
+    queue: (u64, u64),
 }
 
 /// Under the lock, right after a message landed in an empty queue: whether a
 /// registration must fire now. If so it is removed (one-shot).
 #[inline]
 pub(crate) fn should_fire(g: &Guard<'_>, q: &Queue) -> Option<Pending> {
-    if q.region().header().notify.pid.load(Relaxed) == 0 {
+    if q.region().header().notify.owner.load(Relaxed) == 0 {
         return None;
     }
     registered_fires(g, q)
 }
 
 #[cold]
-fn registered_fires(_g: &Guard<'_>, q: &Queue) -> Option<Pending> {
-    let r = q.region();
-    let h = r.header();
-    let n = &h.notify;
-    if h.waiting_recv.load(Relaxed) > 0 {
-        // Receivers are blocked, unless the count is left over from dead
-        // processes: recount before deciding.
-        queue::recount_waiters(r, &mut proc::alive);
-        if h.waiting_recv.load(Relaxed) > 0 {
-            return None;
-        }
+fn registered_fires(g: &Guard<'_>, q: &Queue) -> Option<Pending> {
+    let r: &Region = q.region();
+    let n = &r.header().notify;
+    if q.anyone_sleeps(g, Cond::Recv) {
+        return None;
     }
-    let Some(pid) = live_owner(n) else {
+    if live_owner(q, n).is_none() {
         clear(n);
         return None;
-    };
+    }
     let p = Pending {
-        kind: n.kind.load(Relaxed) as i32,
-        pid,
-        signo: n.signo.load(Relaxed) as i32,
-        value: n.value.load(Relaxed),
+        bell: n.bell.load(Relaxed),
+        token: n.token.load(Relaxed),
+        queue: q.key().ok()?,
     };
-    n.fired_token.store(n.token.load(Relaxed), Relaxed);
     n.fired.add(1);
     clear(n);
     Some(p)
 }
 
-/// Sends a notification decided by [`should_fire`] (lock released).
-pub(crate) fn fire(q: &Queue, p: Pending) {
-    match p.kind {
-        libc::SIGEV_SIGNAL if p.signo != 0 => {
-            // The owner may be another user's process: like a failed
-            // kill(2), nothing more can be done.
-            let _ = sys::queue_mesgq_signal(p.pid, p.signo, p.value);
-        }
-        libc::SIGEV_THREAD => {
-            futex::wake(&q.region().header().notify.event, i32::MAX);
-        }
-        _ => {}
+/// Sends a notification decided by [`should_fire`] (lock released): rings
+/// the owner's doorbell, nothing more.
+pub(crate) fn fire(p: Pending) {
+    if p.bell != 0 {
+        bell::ring(p.bell, RING_NOTIFY, [p.queue.0, p.queue.1, p.token]);
     }
 }
 
@@ -231,15 +239,18 @@ pub(crate) fn fire(q: &Queue, p: Pending) {
 /// registration, as closing any descriptor of the queue does on Linux.
 pub(crate) fn on_close(q: &Queue) {
     let n = &q.region().header().notify;
-    let (me, start) = proc::me();
-    if n.pid.load(Relaxed) != me || n.start.load(Relaxed) != start {
+    let Ok(me) = q.member().map(|m| m.id()) else {
+        return;
+    };
+    if n.owner.load(Relaxed) != me {
         return;
     }
-    if let Ok(g) = q.lock() {
-        if n.pid.load(Relaxed) == me && n.start.load(Relaxed) == start {
+    if let Ok(g) = q.lock_briefly() {
+        if n.owner.load(Relaxed) == me {
+            let token = n.token.load(Relaxed);
             clear(n);
+            drop(g);
+            forget(token);
         }
-        drop(g);
-        futex::wake(&n.event, i32::MAX);
     }
 }

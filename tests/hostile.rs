@@ -100,25 +100,31 @@ fn another_layout_version_is_refused() {
     let d = TestDir::new("version");
     let path = make_queue(d.path(), "/v");
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.write_all_at(&(3u32 << 16).to_le_bytes(), 8).unwrap();
+    f.write_all_at(&(4u32 << 16).to_le_bytes(), 8).unwrap();
     let e = open_err(d.path(), "/v");
     assert_eq!(
         shmq_err(&e),
         &Error::Incompatible {
-            found: 3 << 16,
-            expected: 2 << 16 // this library writes 2.0
+            found: 4 << 16,
+            expected: 3 << 16 // this library writes 3.0
         }
     );
     assert_eq!(shmq_err(&e).errno(), nix::errno::Errno::EPROTO);
-    assert!(e.to_string().contains("version 3.0"), "{e}");
-    // A newer minor version of the same major opens, and so does 1.x.
+    assert!(e.to_string().contains("version 4.0"), "{e}");
+    // Layouts 1 and 2 shared their lock through glibc and their liveness
+    // through pids: refused too.
     for v in [(2u32 << 16) | 7, (1 << 16) | 1] {
         f.write_all_at(&v.to_le_bytes(), 8).unwrap();
-        let q = OpenOptions::readwrite().dir(d.path()).open("/v").unwrap();
-        q.send(20, b"still").unwrap();
-        let mut buf = [0u8; 64];
-        assert_eq!(q.recv(&mut buf).unwrap(), (20, 5));
+        let e = open_err(d.path(), "/v");
+        assert_eq!(shmq_err(&e).errno(), nix::errno::Errno::EPROTO, "{e}");
     }
+    // A newer minor version of the same major opens.
+    f.write_all_at(&((3u32 << 16) | 7).to_le_bytes(), 8)
+        .unwrap();
+    let q = OpenOptions::readwrite().dir(d.path()).open("/v").unwrap();
+    q.send(20, b"still").unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(q.recv(&mut buf).unwrap(), (20, 5));
 }
 
 #[test]
@@ -168,10 +174,10 @@ fn scribbled_lists_are_repaired_or_reported_never_followed() {
             })
             .collect()
     };
-    // Offsets of layout 1.0 (x86-64): free_head at 120; the bitmap, waiter
-    // table and tails from 504 to 139840.
-    f.write_all_at(&junk(4), 120).unwrap();
-    f.write_all_at(&junk(139_840 - 504), 504).unwrap();
+    // Offsets of layout 3.0: free_head at 88; the bitmap and the tails from
+    // 576 to 135872.
+    f.write_all_at(&junk(4), 88).unwrap();
+    f.write_all_at(&junk(135_872 - 576), 576).unwrap();
     let mut buf = [0u8; 64];
     // Every call returns: a message, a clean error, or EAGAIN; never a crash.
     q.set_nonblocking(true).unwrap();
@@ -205,27 +211,26 @@ fn scribbled_lists_are_repaired_or_reported_never_followed() {
             Err(e) => assert!(matches!(shmq_err(&e), Error::Corrupted(_)), "{e}"),
         }
     }
+    // The next send meets the damaged slots, repairs, and goes through.
+    q.send(2, b"fresh").unwrap();
+    let (p, n) = q.recv(&mut buf).unwrap();
+    assert_eq!((p, &buf[..n]), (2, &b"fresh"[..]));
     let info = Inspector::open("/s", Some(d.path()))
         .unwrap()
         .info()
         .unwrap();
     assert!(
-        matches!(info.health, Health::Corrupted { .. }),
+        matches!(info.health, Health::Damaged { .. }),
         "{:?}",
         info.health
     );
-    // The queue is usable again afterwards.
-    q.send(2, b"fresh").unwrap();
-    let (p, n) = q.recv(&mut buf).unwrap();
-    assert_eq!((p, &buf[..n]), (2, &b"fresh"[..]));
 }
 
-/// A queue file written by layout version 1.0, checked in: it must keep
-/// opening, with its messages, in every later version (2.x opens 1.x files
-/// and releases their lock as 1.x did).
+/// A queue file written by layout version 3.0, checked in: it must keep
+/// opening, with its messages, in every later 3.x version.
 #[test]
-fn golden_v1_file_still_opens() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/queue-v1.0.bin");
+fn golden_v3_file_still_opens() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/queue-v3.0.bin");
     let d = TestDir::new("golden");
     if std::env::var_os("SHMQ_REGEN_FIXTURES").is_some() {
         let q = OpenOptions::readwrite()
@@ -261,4 +266,17 @@ fn golden_v1_file_still_opens() {
             (1, "one again".into())
         ]
     );
+}
+
+/// Files of layouts 1 and 2 used a glibc robust mutex and pid-based
+/// liveness that layout 3 replaced; processes with those libraries may
+/// still share them, so they are refused, clearly, not half used.
+#[test]
+fn a_version_1_file_is_refused_with_eproto() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/queue-v1.0.bin");
+    let d = TestDir::new("golden1");
+    std::fs::copy(&fixture, d.path().join("old")).unwrap();
+    let e = open_err(d.path(), "/old");
+    assert_eq!(shmq_err(&e).errno(), nix::errno::Errno::EPROTO, "{e}");
+    assert!(e.to_string().contains("1.0"), "{e}");
 }

@@ -153,7 +153,7 @@ impl QueueJson {
         let (repairs, corrupted_slots) = match i.health {
             Health::Ok => (0, 0),
             Health::Repaired { repairs } => (repairs, 0),
-            Health::Corrupted { repairs, slots } => (repairs, slots),
+            Health::Damaged { repairs, damage } => (repairs, damage),
         };
         QueueJson {
             kind: "queue",

@@ -314,7 +314,7 @@ fn info_json_numbers() {
     assert_eq!(i["notify"], Value::Null);
     assert_eq!(i["mode"], format!("{:04o}", 0o640 & !umask()));
     assert_eq!(i["health"]["status"], "ok");
-    assert_eq!(i["version"], "2.0");
+    assert_eq!(i["version"], "3.0");
     let path = PathBuf::from(i["path"].as_str().unwrap());
     assert_eq!(path, env.dir.join("i"));
     assert_eq!(i["file_size"], std::fs::metadata(&path).unwrap().len());

@@ -3,16 +3,21 @@
 //! wake-ups and crash repair.
 //!
 //! # Protocol
-//! - All shared state changes under the robust mutex. Who takes it with
-//!   `EOWNERDEAD` rebuilds the queue from the slot states ([`queue::rebuild`]).
+//! - All shared state changes under the queue lock (`sync::mutex`). Who
+//!   takes it from an owner that died rebuilds the queue from the slot
+//!   states ([`queue::rebuild`]).
+//! - Every process that uses a queue is a member of it (`member`): a number
+//!   whose liveness the kernel keeps. Records in the file name members,
+//!   never pids.
 //! - Payloads up to [`INLINE_MAX`] bytes are copied under the lock (one lock
 //!   round trip per operation). Larger ones are copied outside it: the slot is
-//!   reserved under the lock and marked `WRITING`/`READING` with the owner's
-//!   pid and start time, copied without the lock, and published or freed under
-//!   the lock. If the owner dies mid-copy, the next process that needs the
-//!   slot (a blocked caller, `getattr`, a repair) finds the owner dead and
-//!   rolls the slot back: a half-written message is dropped (its send never
-//!   returned), a half-read one goes back to its place in the queue.
+//!   reserved under the lock and marked `WRITING`/`READING` with the member
+//!   and thread copying, copied without the lock, and published or freed under
+//!   the lock. If the copier dies mid-copy, the next process that needs the
+//!   slot (a caller about to sleep, a sleeper every 10 ms, `getattr`, a
+//!   repair) finds it dead and rolls the slot back: a half-written message is
+//!   dropped (its send never returned), a half-read one goes back to its
+//!   place in the queue.
 //! - A caller that must wait first spins for a bounded, adaptive time (only
 //!   with more than one usable CPU), then sleeps on a futex word. Wakers make
 //!   a `FUTEX_WAKE` only when someone sleeps.
@@ -20,12 +25,13 @@
 use crate::error::{Error, Result};
 use crate::layout::{
     Geometry, GeometryError, HeaderError, MapError, Mapping, NPRIO, Region, SLOT_READING,
-    SLOT_WRITING, STATE_READY, VERSION, WaiterEntry,
+    SLOT_WRITING, STATE_READY, VERSION,
 };
+use crate::member::{Cond, Member};
 use crate::queue::{self, Corrupt, Locked};
 use crate::sync::futex::{self, WaitError};
-use crate::sync::mutex::{self, Acquired};
-use crate::sys::{self, FileInfo, SharedFlags, proc};
+use crate::sync::mutex::{self, Acquired, LockError, Wait};
+use crate::sys::{self, FileInfo, SharedFlags, live::PerIncarnation};
 use nix::errno::Errno;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -62,7 +68,7 @@ const LOCK_SPIN_NS: u32 = 5_000;
 const INFLIGHT_POLL: Duration = Duration::from_millis(10);
 /// How often a sleeper of the C API returns to look for a pending thread
 /// cancellation (`pthread_cancel`), when it asked to.
-const CANCEL_POLL: Duration = Duration::from_millis(50);
+const CANCEL_POLL: Duration = mutex::CANCEL_POLL;
 /// Consecutive futile wakes after which the sleeper counts are re-checked.
 const FUTILE_WAKES: u32 = 16;
 
@@ -97,6 +103,12 @@ pub struct Queue {
     path: PathBuf,
     name: Vec<u8>,
     file_info: FileInfo,
+    /// `(device, inode)` of the file.
+    key: (u64, u64),
+    /// A descriptor of the file, to join again as a forked child.
+    file: File,
+    /// This process's membership (see `member`), per incarnation.
+    member: PerIncarnation<Member>,
     can_spin: bool,
     /// Changed by waiters: kept off the line of the fields every operation
     /// reads, which threads sharing this handle read all the time.
@@ -174,7 +186,7 @@ fn reached(deadline: &libc::timespec) -> bool {
     (now.tv_sec, now.tv_nsec) >= (deadline.tv_sec, deadline.tv_nsec)
 }
 
-fn realtime_after(d: Duration) -> libc::timespec {
+pub(crate) fn realtime_after(d: Duration) -> libc::timespec {
     let now = sys::realtime_now();
     let nsec = now.tv_nsec as u64 + u64::from(d.subsec_nanos());
     libc::timespec {
@@ -218,51 +230,120 @@ impl Queue {
         self.file_info
     }
 
-    /// Takes the queue lock, repairing the queue if its last owner died.
+    /// `(device, inode)` of the queue file.
+    pub fn key(&self) -> Result<(u64, u64)> {
+        Ok(self.key)
+    }
+
+    /// This process's membership of the queue, joining (again, in a forked
+    /// child) if needed.
+    #[inline]
+    pub fn member(&self) -> Result<&Member> {
+        match self.member.get() {
+            Some(m) => Ok(m),
+            None => self.join(),
+        }
+    }
+
+    #[cold]
+    fn join(&self) -> Result<&Member> {
+        let h = self.region().header();
+        let reopen = || -> Result<File> {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+                .open(&self.path)
+                .map_err(|e| Error::Os(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+        };
+        let m = Member::join(&self.file, &h.next_member, &reopen)?;
+        Ok(self.member.set(m))
+    }
+
+    /// Whether member `id` is alive (see [`Member::alive`]); unknown is
+    /// alive.
+    pub fn member_alive(&self, id: u32) -> bool {
+        self.member().map_or(true, |m| m.alive(id))
+    }
+
+    /// Who may still run, for a repair: a member (`tid` `None`) or one of
+    /// its threads.
+    fn alive_fn(m: &Member) -> impl FnMut(u32, Option<u32>) -> bool + '_ {
+        move |owner, tid| match tid {
+            None => m.alive(owner),
+            Some(t) => m.thread_alive(owner, t),
+        }
+    }
+
+    /// The spin on a busy lock: it is held for tens of nanoseconds, so a
+    /// little spinning pays, unless spinning does not pay here at all.
+    #[inline]
+    fn lock_spin(&self) -> u32 {
+        if self.can_spin {
+            self.tuning.spin_ns.load(Relaxed).min(LOCK_SPIN_NS)
+        } else {
+            0
+        }
+    }
+
+    /// Takes the queue lock, waiting as long as it takes (a stopped holder
+    /// delays this caller until it continues), and repairs the queue if its
+    /// last owner died.
     #[inline(always)]
     pub fn lock(&self) -> Result<Guard<'_>> {
+        self.lock_with(&Wait::FOREVER)
+    }
+
+    /// [`lock`](Self::lock), giving up after a few milliseconds on a busy
+    /// lock (`EAGAIN`).
+    pub fn lock_briefly(&self) -> Result<Guard<'_>> {
+        self.lock_with(&Wait {
+            nonblock: true,
+            ..Wait::FOREVER
+        })
+    }
+
+    /// Takes the queue lock, waiting as `wait` allows; repairs the queue if
+    /// its last owner died.
+    #[inline(always)]
+    pub fn lock_with(&self, wait: &Wait<'_>) -> Result<Guard<'_>> {
+        let m = self.member()?;
         let r = self.region();
-        // The lock is held for tens of nanoseconds: spin a little on it,
-        // unless spinning does not pay here (then the wait spin is off too).
-        let spin = || {
-            if self.can_spin {
-                self.tuning.spin_ns.load(Relaxed).min(LOCK_SPIN_NS)
-            } else {
-                0
-            }
-        };
-        match mutex::lock_spinning(r, spin) {
+        let alive = |id: u32, tid: u32| m.thread_alive(id, tid);
+        match mutex::lock(r, m.id(), self.lock_spin(), wait, &alive) {
             Ok((Acquired::Clean, held)) => Ok(Guard { q: self, held }),
-            Ok((Acquired::OwnerDied, held)) => Ok(self.recover(held)),
-            Err(e) => Err(Error::Os(Errno::from_raw(e))),
+            Ok((Acquired::OwnerDied, held)) => Ok(self.recover(m, held)),
+            Err(e) => Err(lock_error(e)),
         }
     }
 
-    /// The lock's last owner died: repairs the queue, then marks the lock
-    /// consistent.
+    /// The lock's last owner died: repairs the queue.
     #[cold]
-    fn recover(&self, held: mutex::Held) -> Guard<'_> {
-        let r = self.region();
-        queue::rebuild(r, &mut proc::alive);
-        mutex::make_consistent(r, held);
-        Guard { q: self, held }
+    fn recover(&self, m: &Member, held: mutex::Held) -> Guard<'_> {
+        let g = Guard { q: self, held };
+        queue::rebuild(self.region(), &mut Self::alive_fn(m));
+        g
     }
 
-    /// Under the lock: rolls back slots held mid-copy by dead processes.
-    /// Returns whether anything was repaired.
+    /// Under the lock: rolls back slots held mid-copy by dead members, and
+    /// messages held unacknowledged by dead members. Returns whether
+    /// anything was repaired.
     pub fn reap_inflight(&self, _g: &Guard<'_>) -> bool {
         let r = self.region();
-        if r.header().lock.ninflight.load(Relaxed) == 0 {
+        let h = r.header();
+        if h.lock.ninflight.load(Relaxed) == 0 {
             return false;
         }
+        let Ok(m) = self.member() else { return false };
         let dead = match queue::inflight(r) {
             Ok(list) => list
                 .iter()
-                .any(|&(_, _, pid, start)| !proc::alive(pid, start)),
+                .any(|&(_, _, owner, tid)| !m.thread_alive(owner, tid)),
             Err(_) => true,
         };
         if dead {
-            queue::rebuild(r, &mut proc::alive);
+            queue::rebuild(r, &mut Self::alive_fn(m));
         }
         dead
     }
@@ -274,9 +355,47 @@ impl Queue {
         if *attempts > 3 {
             return Err(Error::Corrupted(c.0.into()));
         }
-        queue::rebuild(self.region(), &mut proc::alive);
+        let m = self.member()?;
+        queue::rebuild(self.region(), &mut Self::alive_fn(m));
         Ok(())
     }
+
+    /// Under the lock: rebuilds the queue after `c` was found (one attempt).
+    pub fn repair_now(&self, g: &Guard<'_>, c: Corrupt) -> Result<()> {
+        self.repair(g, c, &mut 0)
+    }
+
+    /// Under the lock: whether anyone may be asleep on `c`. The header's
+    /// count is a hint that a sleeper killed asleep leaves too high; when
+    /// it says yes, the kernel is asked (each member holds one lock byte
+    /// per sleeping thread, see `member`), and the count is set to its
+    /// answer.
+    pub(crate) fn anyone_sleeps(&self, _g: &Guard<'_>, c: Cond) -> bool {
+        let counter = Side::from(c).sleepers(self.region());
+        if counter.load(Relaxed) == 0 {
+            return false;
+        }
+        let Ok(m) = self.member() else { return true };
+        match m.sleeping(c) {
+            Some(n) => {
+                counter.store(n, Relaxed);
+                n > 0
+            }
+            None => true,
+        }
+    }
+}
+
+/// The error for a lock that was not taken.
+pub(crate) fn lock_error(e: LockError) -> Error {
+    Error::Os(match e {
+        LockError::WouldBlock => Errno::EAGAIN,
+        LockError::TimedOut => Errno::ETIMEDOUT,
+        LockError::Interrupted => Errno::EINTR,
+        LockError::Restart => Errno::ERESTART,
+        LockError::Deadlock => Errno::EDEADLK,
+        LockError::OwnerDead => Errno::EOWNERDEAD,
+    })
 }
 
 impl Drop for Handle {

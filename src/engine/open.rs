@@ -2,13 +2,42 @@
 
 use super::*;
 
-/// Widens permission bits so that whoever has read or write access to the
-/// queue can open the file read-write (every participant writes the
-/// mapping). The requested access is enforced against the header's mode.
-pub(super) fn widen(mode: u32) -> u32 {
-    (0..3).fold(0, |acc, class| {
-        let bits = (mode >> (class * 3)) & 7;
-        acc | (if bits & 6 != 0 { 6 } else { 0 }) << (class * 3)
+/// Where each class's permissions sit: (shift of its `rwx` bits, the
+/// special bit that records its write permission).
+const CLASSES: [(u32, u32); 3] = [(6, libc::S_ISUID), (3, libc::S_ISGID), (0, libc::S_ISVTX)];
+
+/// The file mode that carries a queue's permission bits.
+///
+/// Every participant writes the mapping (a receive changes it), so whoever
+/// may read or write the queue must be able to open the file read-write:
+/// each class with read or write permission gets `rw` on the file. What
+/// the class may really do is recorded in bits that only the file's owner
+/// (or root) can change, so that no participant can grant itself more: the
+/// class's execute bit says "may receive", and its special bit (set-user-ID
+/// for the owner, set-group-ID for the group, sticky for others) says "may
+/// send". A mode recorded in the queue's header could be rewritten by
+/// anyone who maps the file.
+pub(super) fn file_mode(mode: u32) -> u32 {
+    CLASSES.iter().fold(0, |acc, &(shift, special)| {
+        let bits = (mode >> shift) & 7;
+        let rw = if bits & 6 != 0 { 6 } else { 0 };
+        let x = if bits & 4 != 0 { 1 } else { 0 };
+        let w = if bits & 2 != 0 { special } else { 0 };
+        acc | ((rw | x) << shift) | w
+    })
+}
+
+/// The queue's permission bits (`rw` per class) recorded in a file mode
+/// made by [`file_mode`].
+pub(super) fn queue_mode(file_mode: u32) -> u32 {
+    CLASSES.iter().fold(0, |acc, &(shift, special)| {
+        let bits = (file_mode >> shift) & 7;
+        if bits & 6 != 6 {
+            return acc;
+        }
+        let r = if bits & 1 != 0 { 4 } else { 0 };
+        let w = if file_mode & special != 0 { 2 } else { 0 };
+        acc | ((r | w) << shift)
     })
 }
 
@@ -54,20 +83,29 @@ impl Queue {
             MapError::Os(e) => Error::Os(e),
             MapError::Header(h) => corrupted(h),
         })?;
-        Ok(Queue::new(map, path, name, fi))
+        Queue::new(map, path, name, fi, file)
     }
 
-    pub(super) fn new(map: Mapping, path: PathBuf, name: &[u8], file_info: FileInfo) -> Queue {
+    pub(super) fn new(
+        map: Mapping,
+        path: PathBuf,
+        name: &[u8],
+        file_info: FileInfo,
+        file: &File,
+    ) -> Result<Queue> {
         // Here rather than at the first lock: in a process that already has
         // several threads, registering waits for the kernel (10-20 ms).
         mutex::register_process();
         let geo = map.region().geometry();
-        Queue {
+        let q = Queue {
             map,
             geo,
             path,
             name: name.to_vec(),
             file_info,
+            key: sys::fstat_ids(file.as_raw_fd())?,
+            file: File::from(sys::dup_cloexec(file.as_raw_fd())?),
+            member: PerIncarnation::new(),
             can_spin: sys::usable_cpus() > 1,
             tuning: Tuning {
                 spin_ns: AtomicU32::new(SPIN_MAX_NS / 2),
@@ -76,7 +114,15 @@ impl Queue {
                 last_prio: AtomicU32::new(u32::MAX),
                 peer_on_my_cpu: AtomicBool::new(false),
             },
-        }
+        };
+        q.member()?;
+        Ok(q)
+    }
+
+    /// The queue's permission bits, from the file's mode (see
+    /// [`file_mode`]).
+    pub fn mode(&self) -> u32 {
+        queue_mode(self.file_info.mode)
     }
 }
 
@@ -102,8 +148,7 @@ impl Handle {
                         return Err(Error::Os(Errno::EINVAL));
                     }
                     let q = Queue::open_file(&file, path, req.name)?;
-                    let mode = q.region().header().mode.load(Relaxed);
-                    if !permitted(mode, &q.file_info, read, write) {
+                    if !permitted(q.mode(), &q.file_info, read, write) {
                         return Err(Error::Os(Errno::EACCES));
                     }
                     return Handle::finish(file, q, read, write, req.nonblock);
@@ -140,16 +185,24 @@ impl Handle {
         let built = (|| -> Result<Queue> {
             let fi = sys::fstat(file.as_raw_fd())?;
             let mode = fi.mode & 0o777; // requested mode minus umask
-            sys::fchmod(&file, widen(mode))?;
             sys::reserve(&file, geo.file_size as u64).map_err(|e| match e {
                 Errno::EFBIG => Error::Os(Errno::ENOSPC),
                 e => Error::Os(e),
             })?;
             let map = Mapping::format(&file, geo, mode).map_err(Error::Os)?;
+            // The mode last: the kernel clears set-user-ID and set-group-ID
+            // bits when an unprivileged caller writes or extends the file.
+            sys::fchmod(&file, file_mode(mode))?;
+            let fi = sys::fstat(file.as_raw_fd())?;
+            if fi.mode & 0o7777 != file_mode(mode) {
+                // The kernel dropped a set-group-ID bit: the file's group is
+                // not one of the caller's (a set-group-ID directory).
+                return Err(Error::Os(Errno::EPERM));
+            }
             // Publish: the state word last, then the name.
             map.region().header().state.store(STATE_READY, Release);
             let fi = sys::fstat(file.as_raw_fd())?;
-            Ok(Queue::new(map, path.to_path_buf(), req.name, fi))
+            Queue::new(map, path.to_path_buf(), req.name, fi, &file)
         })();
         let q = match built {
             Ok(q) => q,
@@ -268,17 +321,25 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn widened_modes() {
-        assert_eq!(widen(0o600), 0o600);
-        assert_eq!(widen(0o640), 0o660);
-        assert_eq!(widen(0o604), 0o606);
-        assert_eq!(widen(0o200), 0o600);
-        assert_eq!(widen(0o000), 0o000);
-        assert_eq!(widen(0o421), 0o660);
+    fn queue_modes_survive_the_file_mode() {
+        for mode in 0..0o1000 {
+            let f = file_mode(mode);
+            // Whoever may read or write gets rw on the file.
+            for shift in [6, 3, 0] {
+                let has = (mode >> shift) & 6 != 0;
+                assert_eq!((f >> shift) & 6 == 6, has, "{mode:o}");
+            }
+            // Read and write come back exactly (execute bits do not matter).
+            assert_eq!(queue_mode(f), mode & 0o666, "{mode:o} -> {f:o}");
+        }
+        assert_eq!(file_mode(0o600), 0o4700);
+        assert_eq!(file_mode(0o640), 0o4770);
+        assert_eq!(file_mode(0o622), 0o7766);
+        assert_eq!(file_mode(0o000), 0);
     }
 
     #[test]
-    pub(super) fn timespec_rules() {
+    fn timespec_rules() {
         let ts = |s, n| libc::timespec {
             tv_sec: s,
             tv_nsec: n,

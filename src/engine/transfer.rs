@@ -24,14 +24,22 @@ impl Description {
         old & FLAG_NONBLOCK != 0
     }
 
-    /// `mq_getattr`. Takes the lock, so the count is consistent (and
-    /// repaired first if a process died mid-operation).
+    /// `mq_getattr`. Never waits for long: it takes the lock if it can
+    /// within a few milliseconds (and then repairs what dead members left
+    /// mid-copy first), else it reads the count without the lock (a
+    /// stopped lock holder must not stop a read-only call).
     pub fn attr(&self) -> Result<Attr> {
         let q = &self.queue;
-        let g = q.lock()?;
-        q.reap_inflight(&g);
-        let curmsgs = q.region().header().lock.curmsgs.load(Relaxed);
-        drop(g);
+        let curmsgs = match q.lock_briefly() {
+            Ok(g) => {
+                q.reap_inflight(&g);
+                let n = q.region().header().lock.curmsgs.load(Relaxed);
+                drop(g);
+                n
+            }
+            Err(Error::Os(Errno::EAGAIN)) => q.region().header().lock.curmsgs.load(Relaxed),
+            Err(e) => return Err(e),
+        };
         Ok(Attr {
             flags: if self.nonblocking() {
                 libc::O_NONBLOCK as i64
@@ -40,38 +48,50 @@ impl Description {
             },
             maxmsg: i64::from(q.geo.maxmsg),
             msgsize: q.geo.msgsize as i64,
-            curmsgs: curmsgs as i64,
+            curmsgs: curmsgs.min(u64::from(q.geo.maxmsg)) as i64,
         })
+    }
+
+    /// How a send or receive may wait, for the lock and for its condition.
+    #[inline]
+    fn wait<'a>(&self, deadline: Option<&'a libc::timespec>, cancel_poll: bool) -> Wait<'a> {
+        Wait {
+            deadline,
+            nonblock: self.nonblocking(),
+            interruptible: true,
+            cancel_poll,
+            take_over: true,
+        }
     }
 
     /// Under the lock: calls `take` until it yields something, waiting for
     /// `side` (or failing with `EAGAIN` when non-blocking) while it yields
     /// nothing, and repairing the queue when it finds an inconsistency.
     /// The callers try `take` once themselves first: this is the slow path.
+    /// On an error the guard may hold nothing (see `Guard::unlocked`).
     #[inline(never)]
     pub(super) fn acquire<'q, T>(
         &'q self,
         g: &mut Guard<'q>,
         side: Side,
-        deadline: Option<&libc::timespec>,
-        cancel_poll: bool,
+        wait: &Wait<'_>,
         attempts: &mut u32,
         mut take: impl FnMut(&Region) -> queue::QResult<Option<T>>,
     ) -> Result<T> {
         let q = &self.queue;
-        let mut w = Waiting::new(cancel_poll);
+        let mut w = Waiting::new(wait.cancel_poll);
         let out = loop {
             let res = match take(q.region()) {
                 Ok(Some(v)) => break Ok(v),
-                Ok(None) if self.nonblocking() => Err(Error::Os(Errno::EAGAIN)),
-                Ok(None) => q.block(g, side, deadline, &mut w),
+                Ok(None) if wait.nonblock => Err(Error::Os(Errno::EAGAIN)),
+                Ok(None) => q.block(g, side, wait, &mut w),
                 Err(c) => q.repair(g, c, attempts),
             };
             if let Err(e) = res {
                 break Err(e);
             }
         };
-        w.leave(g, side, out.is_err());
+        w.leave(q, g, side, out.is_err());
         out
     }
 
@@ -82,7 +102,7 @@ impl Description {
         self.send_with(prio, msg, deadline, false)
     }
 
-    /// [`send`](Description::send); with `cancel_poll`, a sleep is cut
+    /// [`send`](Description::send); with `cancel_poll`, a wait is cut
     /// every 50 ms with `ERESTART` (see the C API's cancellation points).
     #[inline]
     pub fn send_with(
@@ -107,31 +127,19 @@ impl Description {
         }
         let r = q.region();
         let h = r.header();
-        let mut g = q.lock()?;
+        let wait = self.wait(deadline, cancel_poll);
+        let mut g = q.lock_with(&wait)?;
         let mut attempts = 0;
         let idx = match queue::alloc(r) {
             Ok(Some(idx)) => idx,
-            _ => self.acquire(
-                &mut g,
-                Side::Send,
-                deadline,
-                cancel_poll,
-                &mut attempts,
-                queue::alloc,
-            )?,
+            _ => self.acquire(&mut g, Side::Send, &wait, &mut attempts, queue::alloc)?,
         };
         if msg.len() <= INLINE_MAX {
             r.write_payload(idx, msg);
         } else {
-            let (pid, start) = proc::me();
-            queue::begin_inflight(r, idx, SLOT_WRITING, pid, start)
-                .map_err(|c| Error::Corrupted(c.0.into()))?;
-            g.unlocked(|| r.write_payload(idx, msg))?;
-            if let Err(c) = queue::end_inflight(r, idx, SLOT_WRITING, pid) {
-                q.repair(&g, c, &mut attempts)?;
-                queue::end_inflight(r, idx, SLOT_WRITING, pid)
-                    .map_err(|c| Error::Corrupted(c.0.into()))?;
-            }
+            self.copy_outside(&mut g, idx, SLOT_WRITING, &mut attempts, || {
+                r.write_payload(idx, msg)
+            })?;
         }
         let was_empty = h.lock.curmsgs.load(Relaxed) == 0;
         if let Err(c) = queue::enqueue(r, idx, prio, msg.len()) {
@@ -148,7 +156,36 @@ impl Description {
         drop(g);
         q.wake(Side::Recv, wake);
         if let Some(n) = notify {
-            crate::notify::fire(q, n);
+            crate::notify::fire(n);
+        }
+        Ok(())
+    }
+
+    /// Copies a payload into or out of slot `idx` without the lock: marks
+    /// the slot in flight (`state`, this member and thread), runs `copy`
+    /// unlocked, and takes the lock back whatever it takes (the slot is
+    /// this caller's to finish), then takes the slot off the in-flight list.
+    fn copy_outside(
+        &self,
+        g: &mut Guard<'_>,
+        idx: u32,
+        state: u32,
+        attempts: &mut u32,
+        copy: impl FnOnce(),
+    ) -> Result<()> {
+        let q = &self.queue;
+        let r = q.region();
+        let me = q.member()?.id();
+        if let Err(c) = queue::begin_inflight(r, idx, state, me, sys::live::tid()) {
+            q.repair(g, c, attempts)?;
+            return Err(Error::Corrupted(c.0.into()));
+        }
+        g.unlocked(&Wait::FOREVER, copy)?;
+        if let Err(c) = queue::end_inflight(r, idx, state, me) {
+            // Someone rebuilt the lists meanwhile (the slot is still ours:
+            // we live), or damaged them.
+            q.repair(g, c, attempts)?;
+            queue::end_inflight(r, idx, state, me).map_err(|c| Error::Corrupted(c.0.into()))?;
         }
         Ok(())
     }
@@ -165,6 +202,12 @@ impl Description {
 
     /// [`receive`](Description::receive); `cancel_poll` as for
     /// [`send_with`](Description::send_with).
+    ///
+    /// The message leaves the queue when its slot is freed, under the lock,
+    /// right before the lock is released: a receiver killed after that
+    /// instant (while it wakes a sender, or before its caller sees the
+    /// message) has consumed it. Use a receive with acknowledgement for
+    /// at-least-once delivery.
     #[inline]
     pub fn receive_with(
         &self,
@@ -184,44 +227,30 @@ impl Description {
         }
         let r = q.region();
         let h = r.header();
-        let mut g = q.lock()?;
+        let wait = self.wait(deadline, cancel_poll);
+        let mut g = q.lock_with(&wait)?;
         let mut attempts = 0;
         let last = &q.tuning.last_prio;
         let guess = last.load(Relaxed);
         let (idx, prio, len) = match queue::pop_front(r, guess) {
             Ok(Some(found)) => found,
-            _ => self.acquire(
-                &mut g,
-                Side::Recv,
-                deadline,
-                cancel_poll,
-                &mut attempts,
-                |r| queue::pop_front(r, guess),
-            )?,
+            _ => self.acquire(&mut g, Side::Recv, &wait, &mut attempts, |r| {
+                queue::pop_front(r, guess)
+            })?,
         };
         if prio != guess {
             last.store(prio, Relaxed);
         }
         if len <= INLINE_MAX {
             r.read_payload(idx, &mut buf[..len]);
-            if let Err(c) = queue::release(r, idx) {
-                q.repair(&g, c, &mut attempts)?;
-                return Err(Error::Corrupted(c.0.into()));
-            }
         } else {
-            let (pid, start) = proc::me();
-            let res = queue::begin_inflight(r, idx, SLOT_READING, pid, start);
-            if let Err(c) = res {
-                q.repair(&g, c, &mut attempts)?;
-                return Err(Error::Corrupted(c.0.into()));
-            }
-            g.unlocked(|| r.read_payload(idx, &mut buf[..len]))?;
-            if let Err(c) = queue::end_inflight(r, idx, SLOT_READING, pid) {
-                q.repair(&g, c, &mut attempts)?;
-                queue::end_inflight(r, idx, SLOT_READING, pid)
-                    .map_err(|c| Error::Corrupted(c.0.into()))?;
-            }
-            queue::release(r, idx).map_err(|c| Error::Corrupted(c.0.into()))?;
+            self.copy_outside(&mut g, idx, SLOT_READING, &mut attempts, || {
+                r.read_payload(idx, &mut buf[..len])
+            })?;
+        }
+        if let Err(c) = queue::release(r, idx) {
+            q.repair(&g, c, &mut attempts)?;
+            return Err(Error::Corrupted(c.0.into()));
         }
         h.received.a.add(1);
         let wake = g.prepare_wake(Side::Send);

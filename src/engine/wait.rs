@@ -1,4 +1,4 @@
-//! Waiting: the spin, the futex sleep, waiter registration and wake-ups.
+//! Waiting: the spin, the futex sleep, sleeper accounting and wake-ups.
 
 use super::*;
 
@@ -22,15 +22,15 @@ impl Queue {
         }
         if futex::wake(&line.0, 1) == 0 {
             // Nobody was asleep although the count said so: a sleeper may
-            // have died. After a few of these, recount from the table.
+            // have died. After a few of these, recount with the kernel.
             if self.tuning.futile_wakes.fetch_add(1, Relaxed) + 1 >= FUTILE_WAKES {
                 self.tuning.futile_wakes.store(0, Relaxed);
-                if let Ok(g) = self.lock() {
-                    queue::recount_waiters(self.region(), &mut proc::alive);
+                if let Ok(g) = self.lock_briefly() {
+                    self.anyone_sleeps(&g, side.cond());
                     drop(g);
                 }
             }
-        } else {
+        } else if self.tuning.futile_wakes.load(Relaxed) != 0 {
             self.tuning.futile_wakes.store(0, Relaxed);
         }
     }
@@ -111,18 +111,30 @@ impl Side {
         }
     }
 
-    pub(super) fn counters(self, r: &Region) -> (&AtomicU32, &AtomicU32) {
-        let h = r.header();
+    /// The member condition this side waits for.
+    pub(super) fn cond(self) -> Cond {
         match self {
-            Side::Recv => (&h.waiting_recv, &h.sleeping_recv),
-            Side::Send => (&h.waiting_send, &h.sleeping_send),
+            Side::Recv => Cond::Recv,
+            Side::Send => Cond::Send,
         }
     }
 
-    pub(super) fn entry_counters(self, w: &WaiterEntry) -> (&AtomicU32, &AtomicU32) {
+    /// The header's count of sleepers on this side (a hint: see
+    /// [`Queue::anyone_sleeps`]).
+    pub(super) fn sleepers(self, r: &Region) -> &AtomicU32 {
+        let h = r.header();
         match self {
-            Side::Recv => (&w.recv, &w.recv_sleeping),
-            Side::Send => (&w.send, &w.send_sleeping),
+            Side::Recv => &h.sleeping_recv,
+            Side::Send => &h.sleeping_send,
+        }
+    }
+}
+
+impl From<Cond> for Side {
+    fn from(c: Cond) -> Side {
+        match c {
+            Cond::Recv => Side::Recv,
+            Cond::Send => Side::Send,
         }
     }
 }
@@ -141,14 +153,15 @@ impl Drop for Guard<'_> {
 }
 
 impl Guard<'_> {
-    /// Drops and retakes the lock around `f`. If retaking fails, the guard
-    /// no longer holds the lock, and dropping it releases nothing (the word
-    /// may belong to another thread by then).
-    pub(super) fn unlocked<T>(&mut self, f: impl FnOnce() -> T) -> Result<T> {
+    /// Drops and retakes the lock around `f`, waiting for it as `wait`
+    /// allows. If retaking fails, the guard no longer holds the lock, and
+    /// dropping it releases nothing (the word may belong to another thread
+    /// by then).
+    pub(super) fn unlocked<T>(&mut self, wait: &Wait<'_>, f: impl FnOnce() -> T) -> Result<T> {
         mutex::unlock(self.q.region(), self.held);
         self.held = mutex::Held::RELEASED;
         let out = f();
-        let g = self.q.lock()?;
+        let g = self.q.lock_with(wait)?;
         self.held = g.held;
         std::mem::forget(g);
         Ok(out)
@@ -159,7 +172,7 @@ impl Guard<'_> {
     #[inline]
     pub(super) fn prepare_wake(&self, side: Side) -> bool {
         let r = self.q.region();
-        if side.counters(r).1.load(Relaxed) == 0 {
+        if side.sleepers(r).load(Relaxed) == 0 {
             return false;
         }
         side.word(r).add(1);
@@ -167,12 +180,17 @@ impl Guard<'_> {
     }
 }
 
-/// A caller's registration as a blocked sender or receiver.
+/// A caller's state while it waits for a side.
 #[derive(Default)]
 pub(super) struct Waiting {
-    registered: bool,
-    entry: Option<usize>,
+    /// Spun once already.
     spun: bool,
+    /// Counted as a sleeper with the kernel (its member's lock range for
+    /// the side, see `member`), from its first sleep to the end of the call.
+    sleeper: bool,
+    /// The kernel could not be told (no lock could be taken): sleep in
+    /// short naps, since a recount will not see this caller.
+    unseen: bool,
     /// Give up with `ERESTART` every [`CANCEL_POLL`] while asleep, so that
     /// a C caller can act on a pending thread cancellation and call again.
     cancel_poll: bool,
@@ -186,50 +204,25 @@ impl Waiting {
         }
     }
 
-    pub(super) fn entry<'r>(&self, r: &'r Region) -> Option<&'r WaiterEntry> {
-        self.entry.map(|i| &r.header().waiters[i])
-    }
-
-    pub(super) fn register(&mut self, r: &Region, side: Side) {
-        if self.registered {
-            return;
-        }
-        self.registered = true;
-        let (pid, start) = proc::me();
-        let h = r.header();
-        match queue::waiter_entry(r, pid, start) {
-            Some(w) => {
-                let idx = h.waiters.iter().position(|x| std::ptr::eq(x, w));
-                self.entry = idx;
-                side.entry_counters(w).0.add(1);
-            }
-            None => {
-                h.untracked_waits.add(1);
-            }
-        }
-        side.counters(r).0.add(1);
-    }
-
-    /// Unregisters; if the caller leaves without taking what a wake-up
-    /// promised, passes the wake-up on to another sleeper.
+    /// The call is over (the lock held or not): if it slept, it is no
+    /// longer a sleeper for the kernel; if it leaves without taking what a
+    /// wake-up promised, it passes the wake-up on to another sleeper.
     #[inline]
-    pub(super) fn leave(&mut self, g: &Guard<'_>, side: Side, gave_up: bool) {
-        if !self.registered {
+    pub(super) fn leave(&mut self, q: &Queue, g: &Guard<'_>, side: Side, gave_up: bool) {
+        if !self.sleeper {
             return;
         }
-        self.unregister(g, side, gave_up);
+        self.sleeper = false;
+        self.unregister(q, g, side, gave_up);
     }
 
     #[cold]
-    pub(super) fn unregister(&mut self, g: &Guard<'_>, side: Side, gave_up: bool) {
-        self.registered = false;
-        let r = g.q.region();
-        if let Some(w) = self.entry(r) {
-            side.entry_counters(w).0.sub(1);
-            queue::waiter_entry_release(w);
+    fn unregister(&mut self, q: &Queue, g: &Guard<'_>, side: Side, gave_up: bool) {
+        if let Ok(m) = q.member() {
+            m.sleep_end(side.cond());
         }
-        side.counters(r).0.sub(1);
-        if gave_up && side.ready(r) && g.prepare_wake(side) {
+        let r = q.region();
+        if g.held != mutex::Held::RELEASED && gave_up && side.ready(r) && g.prepare_wake(side) {
             futex::wake(side.word(r), 1);
         }
     }
@@ -238,46 +231,53 @@ impl Waiting {
 impl Queue {
     /// Called with the lock held when the caller cannot proceed. Returns with
     /// the lock held when the caller should look again, or an error
-    /// (`ETIMEDOUT`, `EINTR`) to give up.
+    /// (`ETIMEDOUT`, `EINTR`, `ERESTART`, or a failure to retake the lock,
+    /// after which the guard holds nothing) to give up.
     pub(super) fn block(
         &self,
         g: &mut Guard<'_>,
         side: Side,
-        deadline: Option<&libc::timespec>,
+        wait: &Wait<'_>,
         w: &mut Waiting,
     ) -> Result<()> {
         let r = self.region();
-        if deadline.is_some_and(reached) {
+        if wait.deadline.is_some_and(reached) {
             return Err(Error::Os(Errno::ETIMEDOUT));
         }
-        w.register(r, side);
         if !w.spun && self.can_spin {
             w.spun = true;
-            g.unlocked(|| self.spin(side))?;
+            g.unlocked(wait, || self.spin(side))?;
             return Ok(());
         }
-        // About to sleep: first make sure no dead process holds what we
-        // wait for mid-copy (this reads /proc, so not before spinning).
+        // About to sleep: first make sure no dead member holds what we
+        // wait for mid-copy (this asks the kernel, so not before spinning).
         if self.reap_inflight(g) {
             return Ok(());
         }
+        if !w.sleeper {
+            // Known to the kernel as a sleeper before the header counts us.
+            w.unseen = !self.member()?.sleep_begin(side.cond());
+            w.sleeper = true;
+        }
         let word = side.word(r);
         let seq = word.load(Relaxed);
-        let entry = w.entry(r);
-        if let Some(e) = entry {
-            side.entry_counters(e).1.add(1);
-        }
-        side.counters(r).1.add(1);
-        // Poll for dead copiers while slots are in flight, and for a
-        // cancellation if the caller asked.
-        let poll =
-            (r.header().lock.ninflight.load(Relaxed) > 0).then(|| realtime_after(INFLIGHT_POLL));
+        let count = side.sleepers(r);
+        count.add(1);
+        // Poll for dead copiers while slots are in flight, for a
+        // cancellation if the caller asked, and for everything if a
+        // recount cannot see us.
+        let poll = (w.unseen || r.header().lock.ninflight.load(Relaxed) > 0)
+            .then(|| realtime_after(INFLIGHT_POLL));
         let cancel = w.cancel_poll.then(|| realtime_after(CANCEL_POLL));
-        let mut until = deadline;
+        let mut until = wait.deadline;
         for p in [&poll, &cancel].into_iter().flatten() {
             until = Some(earlier(until, p));
         }
-        let res = g.unlocked(|| futex::wait(word, seq, until))?;
+        // If the lock cannot be retaken within the caller's limits, the
+        // call ends without uncounting itself: the count errs high, which
+        // costs a wake-up call, until `anyone_sleeps` recounts.
+        let res = g.unlocked(wait, || futex::wait(word, seq, until))?;
+        count.sub(1);
         if res.is_ok() {
             // Woken (or the word moved first): by a peer on our CPU?
             let mine = side.woken_from_my_cpu(r);
@@ -286,12 +286,8 @@ impl Queue {
                 flag.store(mine, Relaxed);
             }
         }
-        if let Some(e) = entry {
-            side.entry_counters(e).1.sub(1);
-        }
-        side.counters(r).1.sub(1);
         match res {
-            Err(WaitError::TimedOut) if deadline.is_some_and(reached) => {
+            Err(WaitError::TimedOut) if wait.deadline.is_some_and(reached) => {
                 Err(Error::Os(Errno::ETIMEDOUT))
             }
             Err(WaitError::TimedOut) if cancel.as_ref().is_some_and(reached) => {

@@ -55,11 +55,14 @@ pub fn wait(
 }
 
 /// Sleeps while `*word == expected`, for at most `limit` (relative,
-/// `CLOCK_MONOTONIC`); spurious returns are possible, and a signal ends the
-/// sleep. Returns whether the time ran out.
-pub fn wait_for(word: &AtomicU32, expected: u32, limit: std::time::Duration) -> bool {
+/// `CLOCK_MONOTONIC`); spurious returns are possible.
+pub fn wait_for(
+    word: &AtomicU32,
+    expected: u32,
+    limit: std::time::Duration,
+) -> Result<(), WaitError> {
     let ts = libc::timespec {
-        tv_sec: limit.as_secs() as libc::time_t,
+        tv_sec: limit.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: limit.subsec_nanos() as libc::c_long,
     };
     // SAFETY: word is a valid aligned u32 for the duration of the call; ts
@@ -73,7 +76,14 @@ pub fn wait_for(word: &AtomicU32, expected: u32, limit: std::time::Duration) -> 
             &ts as *const libc::timespec,
         )
     };
-    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT)
+    if r == 0 {
+        return Ok(());
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ETIMEDOUT) => Err(WaitError::TimedOut),
+        Some(libc::EINTR) => Err(WaitError::Interrupted),
+        _ => Ok(()),
+    }
 }
 
 /// Wakes up to `n` sleepers on `word`; returns how many were woken.

@@ -4,7 +4,8 @@
 //! decide what each means for a queue.
 #![allow(unsafe_code)]
 
-pub mod proc;
+pub mod bell;
+pub mod live;
 
 use nix::errno::Errno;
 use std::ffi::{CString, OsStr};
@@ -48,6 +49,36 @@ pub fn fstat(fd: RawFd) -> Result<FileInfo, Errno> {
         gid: st.st_gid,
         mode: st.st_mode,
     })
+}
+
+/// `(device, inode)` of an open file.
+pub fn fstat_ids(fd: RawFd) -> Result<(u64, u64), Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: st is valid storage for a stat; fstat initialises it on success.
+    cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// A new open description of the file open as `file` (read-write,
+/// close-on-exec), through `/proc/self/fd`: not a `dup`, which would share
+/// the description.
+pub fn reopen_self(file: &File) -> Result<File, Errno> {
+    let path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL");
+    // SAFETY: path is a valid C string; open returns a new fd or -1.
+    let fd = cvt(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY,
+        )
+    })?;
+    // SAFETY: fd is a fresh descriptor we own.
+    let f = unsafe { File::from_raw_fd(fd) };
+    if fstat_ids(f.as_raw_fd())? != fstat_ids(file.as_raw_fd())? {
+        return Err(Errno::ESTALE);
+    }
+    Ok(f)
 }
 
 /// Opens an existing queue file read-write, close-on-exec, never following a
@@ -281,11 +312,10 @@ pub fn realtime_now() -> libc::timespec {
     ts
 }
 
-/// `rt_sigqueueinfo(pid, signo, info)` with `si_code = SI_MESGQ`, the
-/// sender's pid and uid and `value`: what the kernel's queues send for
-/// `SIGEV_SIGNAL`. Returns the errno on failure (e.g. `EPERM` for another
-/// user's process).
-pub fn queue_mesgq_signal(pid: i32, signo: i32, value: u64) -> Result<(), Errno> {
+/// Queues `signo` to this process with `si_code = SI_MESGQ`, the given
+/// sender's pid and uid, and `value` (`rt_sigqueueinfo` on itself): what
+/// the kernel's queues send for `SIGEV_SIGNAL`.
+pub fn queue_mesgq_signal(signo: i32, value: u64, pid: i32, uid: u32) -> Result<(), Errno> {
     /// The `_rt` member of Linux's `siginfo_t`, padded to its full size.
     #[repr(C)]
     struct SigInfoRt {
@@ -306,21 +336,33 @@ pub fn queue_mesgq_signal(pid: i32, signo: i32, value: u64) -> Result<(), Errno>
         si_errno: 0,
         si_code: SI_MESGQ,
         _pad0: 0,
-        si_pid: proc::me().0,
-        // SAFETY: getuid cannot fail.
-        si_uid: unsafe { libc::getuid() },
+        si_pid: pid,
+        si_uid: uid,
         si_value: value,
         _rest: [0; 128 - 32],
     };
     // SAFETY: info is a fully initialised siginfo_t-sized buffer that the
-    // kernel only reads.
+    // kernel only reads; the target is this process.
     let r = unsafe {
         libc::syscall(
             libc::SYS_rt_sigqueueinfo,
-            pid,
+            libc::getpid(),
             signo,
             &info as *const SigInfoRt,
         )
     };
     if r == -1 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// 64 random bits (`getrandom`; without it, the clock and the pid).
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: b is valid storage of 8 bytes.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
+    if n == 8 {
+        u64::from_ne_bytes(b)
+    } else {
+        let t = realtime_now();
+        (t.tv_nsec as u64) ^ ((t.tv_sec as u64) << 30) ^ (u64::from(std::process::id()) << 40)
+    }
 }

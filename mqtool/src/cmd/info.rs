@@ -44,13 +44,14 @@ fn human(i: &QueueInfo) -> String {
         Health::Ok => "ok".to_string(),
         Health::Repaired { repairs } => {
             format!(
-                "repaired ({}, after processes died mid-operation; nothing lost)",
+                "repaired ({} after processes died mid-operation; no completed send lost)",
                 plural(repairs.into(), "time", "times")
             )
         }
-        Health::Corrupted { repairs, slots } => format!(
-            "corrupted ({} with impossible contents freed, {})",
-            plural(slots.into(), "slot", "slots"),
+        Health::Damaged { repairs, damage } => format!(
+            "damaged ({} with contents no crash explains, written by something other \
+             than shmq; messages may have been lost; {})",
+            plural(damage.into(), "slot or link", "slots or links"),
             plural(repairs.into(), "repair", "repairs")
         ),
     };

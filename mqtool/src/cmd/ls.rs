@@ -53,8 +53,8 @@ pub fn run(ctx: &Ctx, _a: &LsArgs) -> Outcome {
                     match i.health {
                         Health::Ok => "ok".into(),
                         Health::Repaired { repairs } => format!("repaired x{repairs}"),
-                        Health::Corrupted { slots, .. } => {
-                            format!("corrupted ({slots} slots freed)")
+                        Health::Damaged { damage, .. } => {
+                            format!("damaged ({damage} found)")
                         }
                     },
                 ],

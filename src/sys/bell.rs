@@ -1,0 +1,247 @@
+//! Doorbells: how a process tells another that something happened in a
+//! queue, without acting on it.
+//!
+//! A process that wants to be told (it registered with `mq_notify`) owns a
+//! doorbell: a Unix datagram socket with a random name in the abstract
+//! namespace (`\0shmq-bell-<16 hex digits>`), read by one helper thread of
+//! that process. The queue file records only the doorbell's number. A
+//! sender rings it with a 32-byte datagram and does nothing else: it never
+//! signals a process or starts anything on the strength of what the file
+//! says. The owner decides what a ring means: it checks the ring against
+//! what it registered itself (the queue and a token), and the sender's pid
+//! and uid come from the kernel (`SO_PASSCRED`), never from the file. The
+//! worst a forged doorbell number can do is ring another shmq doorbell,
+//! which ignores a ring it did not ask for.
+#![allow(unsafe_code)]
+
+use crate::sys::live::{self, LiveFd};
+use nix::errno::Errno;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+/// What a ring carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ring {
+    /// What happened (chosen by the caller of [`ring`]).
+    pub kind: u32,
+    /// Three words of detail.
+    pub words: [u64; 3],
+    /// The ringing process's pid, from the kernel (0 when it is not visible
+    /// in this pid namespace).
+    pub pid: i32,
+    /// The ringing process's uid, from the kernel.
+    pub uid: u32,
+}
+
+const MAGIC: u32 = u32::from_le_bytes(*b"SHBL");
+const PREFIX: &[u8] = b"shmq-bell-";
+
+/// This process's doorbell: (incarnation, number, socket).
+static MINE: Mutex<Option<(u64, u64, LiveFd)>> = Mutex::new(None);
+
+fn address(number: u64) -> (libc::sockaddr_un, libc::socklen_t) {
+    // SAFETY: sockaddr_un is plain data; zero is valid.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let name = format!("{:016x}", number);
+    // sun_path[0] stays 0: the abstract namespace.
+    let bytes = PREFIX.iter().chain(name.as_bytes());
+    for (dst, &b) in a.sun_path[1..].iter_mut().zip(bytes) {
+        *dst = b as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + PREFIX.len() + name.len();
+    (a, len as libc::socklen_t)
+}
+
+fn socket() -> Result<OwnedFd, Errno> {
+    // SAFETY: plain syscall; the result is a new descriptor or -1.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// This process's doorbell number, creating the doorbell and its helper
+/// thread on first use (in each incarnation: a forked child gets its own).
+/// `handler` runs on the helper thread for every valid ring.
+pub fn mine(handler: fn(Ring)) -> Result<u64, Errno> {
+    let inc = live::incarnation();
+    let mut m = MINE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((i, n, _)) = &*m
+        && *i == inc
+    {
+        return Ok(*n);
+    }
+    let sock = socket()?;
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid int option on our socket.
+    if unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } != 0
+    {
+        return Err(Errno::last());
+    }
+    let mut number = 0;
+    for _ in 0..16 {
+        let n = crate::sys::random_u64() | 1;
+        let (a, len) = address(n);
+        // SAFETY: a is a valid sockaddr_un of length len.
+        if unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&a as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        } == 0
+        {
+            number = n;
+            break;
+        }
+        if Errno::last() != Errno::EADDRINUSE {
+            return Err(Errno::last());
+        }
+    }
+    if number == 0 {
+        return Err(Errno::EADDRINUSE);
+    }
+    let fd = LiveFd::new(sock);
+    let raw = fd.raw();
+    std::thread::Builder::new()
+        .name("shmq-bell".into())
+        .spawn(move || listen(raw, handler))
+        .map_err(|_| Errno::EAGAIN)?;
+    *m = Some((inc, number, fd));
+    Ok(number)
+}
+
+/// The helper thread: reads rings for ever (the socket lives as long as
+/// the process; a forked child does not have this thread).
+fn listen(fd: RawFd, handler: fn(Ring)) {
+    // Signals go to the process's other threads: a notification signal
+    // raised by this thread must not be handled here.
+    // SAFETY: a full set, applied to this thread only.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+    loop {
+        let mut buf = [0u8; 64];
+        let mut cmsg = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; zero is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cmsg);
+        // SAFETY: msg points to valid buffers for the duration of the call.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+        if n < 0 {
+            match Errno::last() {
+                Errno::EINTR | Errno::ENOBUFS | Errno::ENOMEM => continue,
+                _ => return,
+            }
+        }
+        if n != 32 {
+            continue;
+        }
+        let word = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
+        if u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) != MAGIC {
+            continue;
+        }
+        let Some((pid, uid)) = credentials(&msg) else {
+            continue;
+        };
+        handler(Ring {
+            kind: u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")),
+            words: [word(8), word(16), word(24)],
+            pid,
+            uid,
+        });
+    }
+}
+
+/// The `SCM_CREDENTIALS` of a received message.
+fn credentials(msg: &libc::msghdr) -> Option<(i32, u32)> {
+    // SAFETY: the CMSG macros walk the control buffer the kernel filled in,
+    // within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
+                let cred = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::ucred);
+                return Some((cred.pid, cred.uid));
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    None
+}
+
+/// Rings doorbell `number` with `kind` and `words`; never blocks. Whether
+/// anyone hears it is not the sender's business.
+pub fn ring(number: u64, kind: u32, words: [u64; 3]) {
+    let Ok(sock) = socket() else { return };
+    let mut buf = [0u8; 32];
+    buf[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    buf[4..8].copy_from_slice(&kind.to_le_bytes());
+    for (i, w) in words.iter().enumerate() {
+        buf[8 + 8 * i..16 + 8 * i].copy_from_slice(&w.to_le_bytes());
+    }
+    let (a, len) = address(number);
+    use std::os::fd::AsRawFd;
+    // SAFETY: buf and a are valid for the call.
+    unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            (&a as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    static RINGS: Mutex<Option<mpsc::Sender<Ring>>> = Mutex::new(None);
+
+    fn collect(r: Ring) {
+        if let Some(tx) = &*RINGS.lock().unwrap() {
+            let _ = tx.send(r);
+        }
+    }
+
+    #[test]
+    fn a_ring_arrives_with_the_kernel_s_credentials() {
+        let (tx, rx) = mpsc::channel();
+        *RINGS.lock().unwrap() = Some(tx);
+        let n = mine(collect).unwrap();
+        assert_eq!(mine(collect).unwrap(), n, "one doorbell per process");
+        ring(n, 7, [1, 2, 3]);
+        let r = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!((r.kind, r.words), (7, [1, 2, 3]));
+        assert_eq!(r.pid, std::process::id() as i32);
+        // SAFETY: getuid cannot fail.
+        assert_eq!(r.uid, unsafe { libc::getuid() });
+        // A ring to nobody is harmless.
+        ring(n ^ 0xff00, 1, [0; 3]);
+    }
+}
