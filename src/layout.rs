@@ -169,8 +169,8 @@ pub struct Header {
     /// Head of the list of slots being copied (`index + 1`, or [`NIL`]).
     pub inflight_head: AtomicU32,
     /// Receivers asleep on [`Header::not_empty`] (a hint that errs high: a
-    /// sleeper killed asleep stays counted until a recount finds no
-    /// sleeper at all; see `engine::wait`).
+    /// sleeper killed asleep stays counted until a recount sets the count
+    /// to the kernel's, see `member` and `engine::wait`).
     pub sleeping_recv: AtomicU32,
     /// Senders asleep on [`Header::not_full`] (as `sleeping_recv`).
     pub sleeping_send: AtomicU32,
@@ -179,7 +179,7 @@ pub struct Header {
     /// Damage found: slots or structures with impossible contents, which no
     /// crash explains.
     pub damage: AtomicU32,
-    /// Source of participant numbers (see `sys::live`).
+    /// Source of member numbers (see `member`).
     pub next_member: AtomicU32,
     /// Wakes in a row on the lock that found nobody asleep.
     pub lock_futile: AtomicU32,
