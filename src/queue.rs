@@ -253,6 +253,7 @@ pub fn enqueue(r: &Region, idx: u32, prio: u32, len: usize) -> QResult<()> {
 /// sequence number `seq`, and counts it: at the tail when `after` is
 /// `None`, else right after slot `after` (or at the head for `Some(NIL)`,
 /// i.e. `after` holds `index + 1`).
+#[inline]
 fn link(r: &Region, idx: u32, prio: u32, len: u64, seq: u64, after: Option<u32>) -> QResult<()> {
     let h = r.header();
     let p = prio as usize;

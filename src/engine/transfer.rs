@@ -10,6 +10,7 @@ impl Description {
     }
 
     /// Whether this description is non-blocking.
+    #[inline]
     pub fn nonblocking(&self) -> bool {
         self.flags.word().load(Relaxed) & FLAG_NONBLOCK != 0
     }

@@ -273,6 +273,7 @@ impl SharedFlags {
     }
 
     /// The flag word.
+    #[inline]
     pub fn word(&self) -> &AtomicU32 {
         // SAFETY: ptr is a live page-aligned mapping of 4096 bytes that only
         // ever holds this atomic.
