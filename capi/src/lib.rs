@@ -139,15 +139,32 @@ fn adopt_duplicate(fd: mqd_t) -> Result<Arc<MqdT>, Errno> {
     })
 }
 
+/// Runs `f` on the table under its write lock, with every signal blocked in
+/// the calling thread: a signal handler that sends or receives (a lookup
+/// takes the lock for reading) must never run in a thread that holds it for
+/// writing, where it would deadlock or unlock the writer's hold.
 fn with_table_mut<T>(f: impl FnOnce(&mut Vec<Option<Arc<MqdT>>>) -> T) -> T {
+    // SAFETY: sigset_t is plain data, filled by sigfillset before use.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both sets are valid storage; pthread_sigmask changes only the
+    // calling thread's mask, restored below.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
     // SAFETY: exclusive lock around a write of the table; `f` cannot unwind
     // into C and does not call back into the table.
-    unsafe {
+    let out = unsafe {
         libc::pthread_rwlock_wrlock(TABLE.lock.get());
         let out = f(&mut *TABLE.slots.get());
         libc::pthread_rwlock_unlock(TABLE.lock.get());
         out
-    }
+    };
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    out
 }
 
 fn insert(mq: MqdT) -> mqd_t {
