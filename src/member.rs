@@ -179,8 +179,30 @@ impl Member {
     pub fn sleep_begin(&self, c: Cond) -> bool {
         let s = &self.sleeping[c as usize];
         let n = s.count.fetch_add(1, Relaxed) + 1;
-        self.sync_sleep(c);
-        u64::from(n) < PER_MEMBER && !s.failed.load(Relaxed)
+        if u64::from(n) >= PER_MEMBER {
+            return false;
+        }
+        // Another thread of ours may be bringing the range in line: the
+        // caller must not be counted in the header before the kernel knows
+        // it (a recount in between would undercount), so wait for that
+        // thread, briefly. A signal handler that interrupted that very
+        // thread cannot wait for it: it naps instead.
+        let me = live::tid();
+        for _ in 0..1000 {
+            self.sync_sleep(c);
+            if s.failed.load(Relaxed) {
+                return false;
+            }
+            let want = s.count.load(Relaxed).min((PER_MEMBER - 1) as u32);
+            if s.held.load(Acquire) >= want {
+                return true;
+            }
+            if s.busy.load(Acquire) == me {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+        false
     }
 
     /// Uncounts a thread counted by [`sleep_begin`](Self::sleep_begin).
@@ -215,7 +237,7 @@ impl Member {
                 // a lack of kernel memory fails here.
                 let ok = live::try_lock_range(self.fd.raw(), base, u64::from(want));
                 if ok == Ok(true) {
-                    s.held.store(want, Relaxed);
+                    s.held.store(want, Release);
                     s.failed.store(false, Relaxed);
                 } else {
                     s.failed.store(true, Relaxed);
@@ -226,7 +248,7 @@ impl Member {
                     base + u64::from(want),
                     u64::from(held - want),
                 );
-                s.held.store(want, Relaxed);
+                s.held.store(want, Release);
             }
             s.busy.store(0, Release);
             let want = s.count.load(Relaxed).min((PER_MEMBER - 1) as u32);
