@@ -36,7 +36,7 @@
 //! [`OpenOptions::dir`](crate::OpenOptions::dir)) is created with mode
 //! `0700` only by an open that creates a queue (`O_CREAT`); its parent must
 //! exist and pass the rules. Everything else fails with
-//! [`Error::Dir`](crate::Error::Dir).
+//! [`Error::Dir`].
 
 use crate::error::{DirProblem, Error, Result};
 use crate::sys;
