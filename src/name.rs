@@ -127,6 +127,9 @@ pub(crate) struct QueueDir {
 
 /// Symbolic links followed on the way, at most (Linux's limit).
 const MAX_LINKS: u32 = 40;
+/// Times a component that changed between its open and its `lstat` is
+/// looked at again, at most.
+const MAX_RETRIES: u32 = 8;
 
 impl QueueDir {
     /// The queue directory for an optional builder setting, walked and
@@ -203,12 +206,11 @@ fn walk(path: &Path) -> std::result::Result<OwnedFd, Walk> {
     let mut fd = open_root()?;
     let mut at = PathBuf::from("/");
     let mut todo: VecDeque<OsString> = components(path);
-    let mut links = 0;
+    let (mut links, mut retries) = (0, 0);
     while let Some(c) = todo.pop_front() {
         let last = todo.is_empty();
         let next = if c == ".." {
-            at.pop();
-            at.clone()
+            at.parent().unwrap_or(&at).to_path_buf()
         } else {
             at.join(&c)
         };
@@ -225,6 +227,12 @@ fn walk(path: &Path) -> std::result::Result<OwnedFd, Walk> {
             Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => {
                 let fi = sys::lstat_at(fd.as_fd(), &c)
                     .map_err(|e| Walk::Refused(next.clone(), DirProblem::Os(e)))?;
+                if fi.mode & libc::S_IFMT == libc::S_IFDIR && retries < MAX_RETRIES {
+                    // Replaced by a directory since the open: look again.
+                    retries += 1;
+                    todo.push_front(c);
+                    continue;
+                }
                 if fi.mode & libc::S_IFMT != libc::S_IFLNK {
                     let p = if e == Errno::ENOTDIR {
                         DirProblem::NotADirectory
