@@ -196,7 +196,7 @@ fn walk(path: &Path) -> std::result::Result<OwnedFd, Walk> {
     let (uid, _, _) = sys::credentials();
     let root = Path::new("/");
     let open_root = || -> std::result::Result<OwnedFd, Walk> {
-        let fd = sys::open_dir_at(None, OsStr::new("/"))
+        let fd = sys::open_dir_at(None, OsStr::new("/"), false)
             .map_err(|e| Walk::Refused(root.into(), DirProblem::Os(e)))?;
         let fi = sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd))
             .map_err(|e| Walk::Refused(root.into(), DirProblem::Os(e)))?;
@@ -214,7 +214,7 @@ fn walk(path: &Path) -> std::result::Result<OwnedFd, Walk> {
         } else {
             at.join(&c)
         };
-        match sys::open_dir_at(Some(fd.as_fd()), &c) {
+        match sys::open_dir_at(Some(fd.as_fd()), &c, false) {
             Ok(nfd) => {
                 let fi = sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&nfd))
                     .map_err(|e| Walk::Refused(next.clone(), DirProblem::Os(e)))?;
@@ -290,7 +290,7 @@ fn make_dir(parent: BorrowedFd<'_>, name: &OsStr, mode: u32) -> std::result::Res
         sys::random_u64()
     ));
     sys::mkdir_at(parent, &tmp, 0o700)?;
-    let made = sys::open_dir_at(Some(parent), &tmp).and_then(|fd| sys::fchmod(&fd, mode));
+    let made = sys::open_dir_at(Some(parent), &tmp, true).and_then(|fd| sys::fchmod(&fd, mode));
     if let Err(e) = made {
         let _ = sys::rmdir_at(parent, &tmp);
         return Err(e);
@@ -306,7 +306,7 @@ fn make_dir(parent: BorrowedFd<'_>, name: &OsStr, mode: u32) -> std::result::Res
             let _ = sys::rmdir_at(parent, &tmp);
             match sys::mkdir_at(parent, name, 0o700) {
                 Ok(()) => {
-                    let fd = sys::open_dir_at(Some(parent), name)?;
+                    let fd = sys::open_dir_at(Some(parent), name, true)?;
                     sys::fchmod(&fd, mode)
                 }
                 Err(Errno::EEXIST) => Ok(()),

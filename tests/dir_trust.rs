@@ -195,6 +195,47 @@ fn directories_another_uid_could_have_prepared_are_refused() {
     ));
 }
 
+/// A user's own directory below directories it may only search (mode
+/// 0711, root's) is reached and used: the walk needs no read permission on
+/// the way, as a path would not.
+#[test]
+fn a_user_reaches_its_own_directory_through_search_only_ones() {
+    const TEST: &str = "a_user_reaches_its_own_directory_through_search_only_ones";
+    if common::role().as_deref() == Some("nobody") {
+        let dir = common::child_dir();
+        let q = OpenOptions::readwrite()
+            .create_new()
+            .mode(0o600)
+            .dir(&dir)
+            .open("/mine")
+            .unwrap();
+        q.send(1, b"mine").unwrap();
+        let l = shmq::inspect::list(Some(&dir)).unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].info.as_ref().unwrap().current_messages, 1);
+        shmq::remove_queue_in(&dir, "/mine").unwrap();
+        return;
+    }
+    if !can_switch(TEST) {
+        return;
+    }
+    let d = TestDir::new("search");
+    let x = d.path().join("x");
+    let home = x.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&x, PermissionsExt::from_mode(0o711)).unwrap();
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&home, PermissionsExt::from_mode(0o700)).unwrap();
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(std::env::current_exe().unwrap())
+        .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(common::ROLE, "nobody")
+        .env(common::DIR, &home)
+        .env_remove("SHMQ_DIR");
+    common::wait_ok(&mut c.spawn().unwrap(), Duration::from_secs(60));
+}
+
 #[test]
 fn shmq_dir_gets_the_same_checks_and_mq_open_says_eacces() {
     if let Some(role) = common::role() {

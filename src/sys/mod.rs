@@ -81,17 +81,29 @@ fn cname(name: &OsStr) -> Result<CString, Errno> {
 }
 
 /// Opens the directory `name` in `dir` (with `dir` `None`, `name` is `/`)
-/// read-only and close-on-exec, never following a symbolic link in `name`
-/// (`O_NOFOLLOW | O_DIRECTORY`).
-pub fn open_dir_at(dir: Option<BorrowedFd<'_>>, name: &OsStr) -> Result<OwnedFd, Errno> {
+/// close-on-exec, never following a symbolic link in `name` (`O_NOFOLLOW |
+/// O_DIRECTORY`). The descriptor is `O_PATH` (it needs only search
+/// permission on the way, as a path would): good for `fstat` and as the
+/// directory of `*at` calls; with `for_fchmod`, read-only instead, so
+/// that `fchmod` works on it.
+pub fn open_dir_at(
+    dir: Option<BorrowedFd<'_>>,
+    name: &OsStr,
+    for_fchmod: bool,
+) -> Result<OwnedFd, Errno> {
     let c = cname(name)?;
     let at = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    let how = if for_fchmod {
+        libc::O_RDONLY
+    } else {
+        libc::O_PATH
+    };
     // SAFETY: c is a valid C string; openat returns a new fd or -1.
     let fd = cvt(unsafe {
         libc::openat(
             at,
             c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            how | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         )
     })?;
     // SAFETY: fd is a fresh descriptor we own.
