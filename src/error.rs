@@ -75,6 +75,8 @@ pub enum DirProblem {
     },
     /// The system refused to open it (that errno).
     Os(Errno),
+    /// It was missing and could not be created (that errno).
+    NotCreated(Errno),
 }
 
 impl DirProblem {
@@ -89,7 +91,7 @@ impl DirProblem {
             | DirProblem::Owner { .. }
             | DirProblem::WorldWritable
             | DirProblem::GroupWritable { .. } => Errno::EACCES,
-            DirProblem::Os(e) => *e,
+            DirProblem::Os(e) | DirProblem::NotCreated(e) => *e,
         }
     }
 }
@@ -111,6 +113,9 @@ impl fmt::Display for DirProblem {
                 write!(f, "is writable by group {gid} without the sticky bit")
             }
             DirProblem::Os(e) => write!(f, "cannot be opened: {}", e.desc()),
+            DirProblem::NotCreated(e) => {
+                write!(f, "does not exist and cannot be created: {}", e.desc())
+            }
         }
     }
 }
@@ -281,6 +286,10 @@ mod tests {
                 Errno::EACCES,
             ),
             (dir_error(DirProblem::Os(Errno::EMFILE)), Errno::EMFILE),
+            (
+                dir_error(DirProblem::NotCreated(Errno::EROFS)),
+                Errno::EROFS,
+            ),
         ];
         for (err, errno) in cases {
             assert_eq!(err.errno(), errno);

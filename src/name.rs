@@ -141,7 +141,7 @@ impl QueueDir {
         match walk(&path) {
             Err(Walk::Missing(parent, last)) if default || create => {
                 make_dir(parent.as_fd(), &last, if default { 0o1777 } else { 0o700 })
-                    .map_err(|e| dir_error(&path, &path, DirProblem::Os(e)))?;
+                    .map_err(|e| dir_error(&path, &path, DirProblem::NotCreated(e)))?;
             }
             Err(Walk::Missing(..)) => {
                 return Err(dir_error(&path, &path, DirProblem::Missing));

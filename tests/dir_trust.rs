@@ -214,6 +214,20 @@ fn a_user_reaches_its_own_directory_through_search_only_ones() {
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].info.as_ref().unwrap().current_messages, 1);
         shmq::remove_queue_in(&dir, "/mine").unwrap();
+        // Beside it, in root's directory, it cannot make one.
+        let beside = dir.parent().unwrap().join("new");
+        let e = OpenOptions::readwrite()
+            .create()
+            .dir(&beside)
+            .open("/q")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "queue directory {} does not exist and cannot be created: Permission denied (EACCES)",
+                beside.display()
+            )
+        );
         return;
     }
     if !can_switch(TEST) {
