@@ -361,23 +361,31 @@ pub struct ListEntry {
 
 /// Every queue in `dir` (default: `SHMQ_DIR`, else `/dev/shm/shmq`), sorted
 /// by name. Files that are not queues at all (no shmq magic number) are left
-/// out; queues that cannot be read are listed with their error.
+/// out; queues that cannot be read are listed with their error. The
+/// directory is checked as for opening a queue ([`crate::name`]) and every
+/// file is opened relative to it, never through a symbolic link and never
+/// waiting on a FIFO.
 ///
 /// # Errors
-/// When the directory cannot be read.
+/// [`Error::Dir`] when the directory is missing or not trusted; the errno
+/// when it cannot be read.
 pub fn list(dir: Option<&Path>) -> Result<Vec<ListEntry>> {
-    let dir = crate::name::queue_dir(dir)?;
-    let rd = std::fs::read_dir(&dir)
-        .map_err(|e| Error::Os(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+    let dir = crate::name::QueueDir::open(dir, false)?;
+    let entries = crate::sys::read_dir_at(dir.fd())?;
     let mut out = Vec::new();
-    for ent in rd.flatten() {
-        let fname = ent.file_name();
-        if ent.file_type().map(|t| !t.is_file()).unwrap_or(true) {
+    for (fname, is_file) in entries {
+        // Unknown types are opened like files: the open itself refuses
+        // links, FIFOs and directories without following or blocking.
+        if is_file == Some(false)
+            || crate::name::file_name(&[b"/", fname.as_bytes()].concat()).is_err()
+        {
             continue;
         }
         let mut name = b"/".to_vec();
         name.extend_from_slice(fname.as_bytes());
-        let info = Inspector::open(&name, Some(&dir)).and_then(|i| i.info());
+        let info = engine::open_for_inspection_in(&dir, &name)
+            .map(|q| Inspector { q })
+            .and_then(|i| i.info());
         if let Err(Error::NotAQueue(_)) = info {
             continue;
         }
@@ -390,10 +398,12 @@ pub fn list(dir: Option<&Path>) -> Result<Vec<ListEntry>> {
     Ok(out)
 }
 
-/// The directory queues live in for this process (see [`crate::name`]).
+/// The directory queues live in for this process (see [`crate::name`]),
+/// checked; the default one is created if missing.
 ///
 /// # Errors
-/// When the default directory cannot be created.
+/// [`Error::Dir`] when it is missing (the default one: cannot be made),
+/// relative or not trusted.
 pub fn queue_dir(dir: Option<&Path>) -> Result<PathBuf> {
     crate::name::queue_dir(dir)
 }

@@ -48,7 +48,7 @@ mod queue;
 mod sync;
 mod sys;
 
-pub use error::{Error, Result, errno_name};
+pub use error::{DirProblem, Error, Result, errno_name};
 pub use posix::{
     Attributes, IntoIter, Iter, Notify, OpenOptions, PosixMq, remove_queue, remove_queue_c,
     remove_queue_in,

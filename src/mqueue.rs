@@ -102,7 +102,9 @@ fn errno<T>(r: crate::Result<T>) -> Result<T> {
 /// `EACCES`, `EEXIST`, `EINVAL` (bad attr, bad name, access mode 3 on an
 /// existing queue), `EMFILE`, `ENAMETOOLONG`, `ENFILE`, `ENOENT`, `ENOMEM`,
 /// `ENOSPC`, `EOVERFLOW`; `EBADMSG`/`EPROTO` for a file that is not a
-/// usable queue.
+/// usable queue; for the queue directory (`SHMQ_DIR`, else
+/// `/dev/shm/shmq`, see [`crate::name`]): `ENOENT` when missing, `EINVAL`
+/// when relative, `ENOTDIR`, and `EACCES` when not trusted.
 pub fn mq_open<P>(name: &P, oflag: MQ_OFlag, mode: Mode, attr: Option<&MqAttr>) -> Result<MqdT>
 where
     P: ?Sized + NixPath,

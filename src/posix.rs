@@ -132,7 +132,10 @@ impl OpenOptions {
     }
 
     /// The directory that holds the queue files (default: `SHMQ_DIR`, else
-    /// `/dev/shm/shmq`). All processes using a queue must agree on it.
+    /// `/dev/shm/shmq`). All processes using a queue must agree on it. It
+    /// must be an absolute path that nobody but root and the caller could
+    /// have prepared (see [`crate::name`]); with [`create`](Self::create) a
+    /// missing one is made, mode `0700`.
     pub fn dir<P: AsRef<Path>>(&mut self, dir: P) -> &mut Self {
         self.dir = Some(intern_dir(dir.as_ref()));
         self
@@ -151,6 +154,10 @@ impl OpenOptions {
     /// - Capacities overflow (EOVERFLOW), no room on the file system (ENOSPC)
     /// - Name contains '\0' => `InvalidInput`; longer than 255 (ENAMETOOLONG)
     /// - The file is not a shmq queue or is damaged => `InvalidData`
+    /// - The queue directory is missing (`NotFound`), relative
+    ///   (`InvalidInput`) or not trusted (`PermissionDenied`): an
+    ///   [`Error::Dir`] that says which and why; its
+    ///   [`errno`](Error::errno) is ENOENT, EINVAL or EACCES
     pub fn open<N: AsRef<[u8]> + ?Sized>(&self, name: &N) -> Result<PosixMq, io::Error> {
         let name = with_slash(name.as_ref())?;
         self.open_bytes(&name)
@@ -208,7 +215,8 @@ fn with_slash(name: &[u8]) -> Result<Vec<u8>, io::Error> {
 ///
 /// # Errors
 /// ENOENT (`NotFound`), EACCES (`PermissionDenied`), ENAMETOOLONG, and
-/// `InvalidInput` for a name containing '\0'.
+/// `InvalidInput` for a name containing '\0'; an [`Error::Dir`] for a
+/// queue directory that is missing, relative or not trusted.
 pub fn remove_queue<N: AsRef<[u8]> + ?Sized>(name: &N) -> Result<(), io::Error> {
     Ok(engine::unlink(&with_slash(name.as_ref())?, None)?)
 }

@@ -19,6 +19,13 @@
 //! points, like the `mq_*` ones: a thread blocked in them is cancelled by
 //! `pthread_cancel` within about 50 ms. No panic crosses the boundary: an
 //! internal panic becomes -1 with `errno = EIO`.
+//!
+//! Queues live in the queue directory: `SHMQ_DIR`, read at every
+//! `shmq_open` and `shmq_unlink`, else `/dev/shm/shmq`. A directory that
+//! someone other than root and the caller could have prepared (see the
+//! Rust library's `name` module) makes them fail with `EACCES`; a missing
+//! one with `ENOENT` (with `O_CREAT`, a missing `SHMQ_DIR` is made, mode
+//! 0700), a relative `SHMQ_DIR` with `EINVAL`, a file with `ENOTDIR`.
 #![allow(unsafe_code)]
 #![allow(non_camel_case_types)]
 

@@ -269,6 +269,78 @@ fn c_tests_of_shmq_descriptor_rules() {
     let _ = std::fs::remove_dir_all(&queue_dir);
 }
 
+/// An untrusted queue directory (`tests/c_dir/`): `mq_open` and `mq_unlink`
+/// fail with `EACCES` (world-writable without the sticky bit, owned by
+/// another uid, a symbolic link), `ENOENT` (missing) and `EINVAL`
+/// (relative), through the compatibility header and libshmq.so and under
+/// the drop-in.
+#[test]
+fn an_untrusted_queue_directory_gives_eacces_in_c_and_through_the_drop_in() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let queue_dir = queue_dir("dir-trust");
+    // A directory just made is owned by the effective uid.
+    if std::fs::metadata(&queue_dir).unwrap().uid() != 0 {
+        eprintln!(
+            "SKIPPED an_untrusted_queue_directory_gives_eacces_in_c_and_through_the_drop_in: \
+             needs root to give a directory to uid 65534"
+        );
+        let _ = std::fs::remove_dir_all(&queue_dir);
+        return;
+    }
+    let libdir = build_libraries();
+    let build = libdir.join("c-tests");
+    std::fs::create_dir_all(&build).unwrap();
+    let sub = |s: &str| queue_dir.join(s);
+    for d in ["open", "owned", "good"] {
+        std::fs::create_dir_all(sub(d)).unwrap();
+    }
+    std::fs::set_permissions(sub("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::chown(sub("owned"), Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(sub("good"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _ = std::fs::remove_file(sub("link"));
+    std::os::unix::fs::symlink(sub("good"), sub("link")).unwrap();
+    let tests_c = format!("-I{}/tests/c", env!("CARGO_MANIFEST_DIR"));
+    let sys = ["-lpthread", "-ldl", "-lm", "-lrt"].map(String::from);
+    let variants = [
+        Variant {
+            name: "libshmq.so + compat header",
+            flags: vec!["-DSHMQ_COMPAT".into(), tests_c.clone()],
+            libs: [
+                vec![
+                    format!("-L{}", libdir.display()),
+                    "-lshmq".into(),
+                    format!("-Wl,-rpath,{}", libdir.display()),
+                ],
+                sys.to_vec(),
+            ]
+            .concat(),
+            preload: false,
+        },
+        Variant {
+            name: "unmodified + LD_PRELOAD",
+            flags: vec![tests_c],
+            libs: vec!["-lrt".into(), "-lpthread".into()],
+            preload: true,
+        },
+    ];
+    for v in &variants {
+        for src in sources_in("tests/c_dir") {
+            let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
+            let bin = build.join(format!(
+                "{stem}-{}",
+                v.name.replace([' ', '+', ',', '.'], "_")
+            ));
+            compile(&src, &bin, v);
+            run(&bin, v, &libdir, &queue_dir);
+        }
+    }
+    for d in ["open", "owned", "good"] {
+        let n = std::fs::read_dir(sub(d)).unwrap().count();
+        assert_eq!(n, 0, "a file was left in {d}");
+    }
+    let _ = std::fs::remove_dir_all(&queue_dir);
+}
+
 /// The drop-in really replaces the kernel: a queue of 1000 messages, which
 /// the kernel refuses here (its default `msg_max` is 10), opens under the
 /// preload, and its file appears in the shmq directory; both with a plain

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 const AFTER_HELP: &str = "\
 Queue names are '/name' as for mq_open(3); the leading '/' may be left out.
-Queues live in --dir, else $SHMQ_DIR, else /dev/shm/shmq.
+Queues live in --dir, else $SHMQ_DIR, else /dev/shm/shmq. The directory
+must be an absolute path, not a symbolic link, and no one but root and you
+may own it (or, without the sticky bit, write to it) or anything on the
+way; create makes a missing one (0700).
 
 Exit status: 0 success; 1 nothing happened (no message arrived, a --timeout
 expired, the queue was full); 2 error. The JSON schema: mqtool --help.
@@ -24,7 +27,10 @@ Examples:
 
 const AFTER_LONG_HELP: &str = "\
 Queue names are '/name' as for mq_open(3); the leading '/' may be left out.
-Queues live in --dir, else $SHMQ_DIR, else /dev/shm/shmq.
+Queues live in --dir, else $SHMQ_DIR, else /dev/shm/shmq. The directory
+must be an absolute path, not a symbolic link, and no one but root and you
+may own it (or, without the sticky bit, write to it) or anything on the
+way; create makes a missing one (0700).
 
 Exit status:
   0  success
@@ -91,7 +97,7 @@ bench). Payloads are {\"text\": STRING} when valid UTF-8, else
     max_term_width = 100
 )]
 pub struct Cli {
-    /// Directory holding the queue files [default: $SHMQ_DIR, else /dev/shm/shmq]
+    /// Directory holding the queue files, an absolute path [default: $SHMQ_DIR, else /dev/shm/shmq]
     #[arg(
         long,
         global = true,

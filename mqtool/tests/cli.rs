@@ -517,7 +517,8 @@ fn errors_exit_2_naming_queue_and_errno() {
     );
     r.assert_error("/q", "ENOENT");
     assert!(
-        r.stderr.contains("/nonexistent/dir does not exist"),
+        r.stderr
+            .contains("queue directory /nonexistent/dir: /nonexistent does not exist (ENOENT)"),
         "{r:?}"
     );
 
@@ -597,6 +598,105 @@ fn purge_and_unlink() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("/gone: no such queue"), "{r:?}");
     assert!(!env.dir.join("x").exists());
+}
+
+/// `mqtool` with `args` and `SHMQ_DIR` as given (or unset), under a
+/// watchdog.
+fn run_with_env_dir(env_dir: Option<&str>, args: &[&str]) -> Run {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("SHMQ_DIR")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(d) = env_dir {
+        c.env("SHMQ_DIR", d);
+    }
+    Run::from(wait_with_watchdog(c.spawn().unwrap()))
+}
+
+#[test]
+fn queue_directory_rules() {
+    let env = Env::new("dir-rules");
+    let d = |s: &str| env.dir.join(s).to_str().unwrap().to_string();
+    let missing = d("missing");
+
+    // A missing directory is called one, by every command; only create
+    // makes it (0700, the caller's).
+    let r = run_with_env_dir(None, &["--dir", &missing, "ls"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert_eq!(
+        r.stderr,
+        format!("mqtool: queue directory {missing} does not exist (ENOENT)\n")
+    );
+    let r = run_with_env_dir(Some(&missing), &["send", "/q", "x"]);
+    r.assert_error("/q", "ENOENT");
+    assert!(
+        r.stderr
+            .contains(&format!("queue directory {missing} does not exist"))
+    );
+    assert!(!r.stderr.contains("no such queue"), "{r:?}");
+    assert!(!env.dir.join("missing").exists());
+    let r = run_with_env_dir(Some(&missing), &["create", "/q"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let meta = std::fs::metadata(env.dir.join("missing")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o700);
+    assert!(env.dir.join("missing/q").is_file());
+
+    // A relative directory is refused, from --dir and from SHMQ_DIR.
+    for r in [
+        run_with_env_dir(None, &["--dir", "rel/dir", "ls"]),
+        run_with_env_dir(Some("rel/dir"), &["ls"]),
+        run_with_env_dir(Some("rel/dir"), &["create", "/q"]),
+    ] {
+        assert_eq!(r.code, 2, "{r:?}");
+        assert_eq!(
+            r.stderr,
+            "mqtool: queue directory rel/dir is a relative path; give an absolute one (EINVAL)\n"
+        );
+    }
+
+    // Writable by everyone without the sticky bit; a symbolic link.
+    std::fs::create_dir(env.dir.join("open")).unwrap();
+    std::fs::set_permissions(env.dir.join("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(env.dir.join("missing"), env.dir.join("link")).unwrap();
+    for (sub, what) in [
+        ("open", "is world-writable without the sticky bit (EACCES)"),
+        ("link", "is a symbolic link (EACCES)"),
+    ] {
+        let r = run_with_env_dir(None, &["--dir", &d(sub), "ls"]);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert_eq!(
+            r.stderr,
+            format!("mqtool: queue directory {} {what}\n", d(sub))
+        );
+        let r = run_with_env_dir(Some(&d(sub)), &["create", "/q"]);
+        r.assert_error("/q", "EACCES");
+    }
+    assert_eq!(std::fs::read_dir(env.dir.join("open")).unwrap().count(), 0);
+
+    // ls neither follows a link to a queue nor waits on a FIFO.
+    let good = d("missing");
+    std::os::unix::fs::symlink(env.dir.join("missing/q"), env.dir.join("missing/alias")).unwrap();
+    nix::unistd::mkfifo(
+        &env.dir.join("missing/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let r = run_with_env_dir(Some(&good), &["--json", "ls"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let names: Vec<String> = r
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .into()
+        })
+        .collect();
+    assert_eq!(names, ["/q"]);
 }
 
 #[test]

@@ -248,14 +248,14 @@ impl Queue {
     #[cold]
     fn join(&self) -> Result<&Member> {
         let h = self.region().header();
+        // Without /proc: the file by its name, in the directory checked
+        // again; `Member::join` makes sure it is the same file.
         let reopen = || -> Result<File> {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-                .open(&self.path)
-                .map_err(|e| Error::Os(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+            let (Some(dir), Some(fname)) = (self.path.parent(), self.path.file_name()) else {
+                return Err(Error::Os(Errno::ENOENT));
+            };
+            let dir = crate::name::QueueDir::open(Some(dir), false)?;
+            Ok(sys::open_existing(dir.fd(), fname)?)
         };
         let m = Member::join(&self.file, &h.next_member, &reopen)?;
         Ok(self.member.set(m))
@@ -408,6 +408,7 @@ mod open;
 mod transfer;
 mod wait;
 
+pub(crate) use open::open_for_inspection_in;
 pub use open::{open_for_inspection, permitted_on, unlink};
 pub use transfer::Stage;
 pub use wait::{Guard, Side};

@@ -1,6 +1,7 @@
 //! Opening, creating and removing queue files; access checks.
 
 use super::*;
+use crate::name::QueueDir;
 
 /// Where each class's permissions sit: (shift of its `rwx` bits, the
 /// special bit that records its write permission).
@@ -130,8 +131,8 @@ impl Handle {
     /// `mq_open`.
     pub fn open(req: &OpenRequest<'_>) -> Result<Handle> {
         let fname = crate::name::file_name(req.name)?;
-        let dir = crate::name::queue_dir(req.dir)?;
-        let path = dir.join(fname);
+        let dir = QueueDir::open(req.dir, req.create)?;
+        let path = dir.path.join(fname);
         let (read, write) = match req.access & libc::O_ACCMODE {
             libc::O_RDONLY => (true, false),
             libc::O_WRONLY => (false, true),
@@ -139,7 +140,7 @@ impl Handle {
             _ => (false, false),
         };
         loop {
-            match sys::open_existing(&dir, fname) {
+            match sys::open_existing(dir.fd(), fname) {
                 Ok(file) => {
                     if req.create && req.exclusive {
                         return Err(Error::Os(Errno::EEXIST));
@@ -167,7 +168,7 @@ impl Handle {
 
     pub(super) fn create(
         req: &OpenRequest<'_>,
-        dir: &Path,
+        dir: &QueueDir,
         fname: &std::ffi::OsStr,
         path: &Path,
     ) -> Result<Option<(File, Queue)>> {
@@ -176,10 +177,10 @@ impl Handle {
             GeometryError::NotPositive => Error::Os(Errno::EINVAL),
             GeometryError::Overflow => Error::Os(Errno::EOVERFLOW),
         })?;
-        let (file, tmp) = sys::create_unnamed(dir, req.mode & 0o777)?;
-        let cleanup = |tmp: &Option<PathBuf>| {
+        let (file, tmp) = sys::create_unnamed(dir.fd(), req.mode & 0o777)?;
+        let cleanup = |tmp: &Option<std::ffi::OsString>| {
             if let Some(t) = tmp {
-                let _ = sys::unlink(t);
+                let _ = sys::unlink_at(dir.fd(), t);
             }
         };
         let built = (|| -> Result<Queue> {
@@ -211,7 +212,7 @@ impl Handle {
                 return Err(e);
             }
         };
-        let linked = sys::link_into_place(&file, tmp.as_deref(), dir, fname);
+        let linked = sys::link_into_place(&file, tmp.as_deref(), dir.fd(), fname);
         cleanup(&tmp);
         match linked {
             Ok(()) => Ok(Some((file, q))),
@@ -292,8 +293,8 @@ pub fn permitted_on(q: &Queue, read: bool, write: bool) -> bool {
 /// storage goes when the last one closes.
 pub fn unlink(name: &[u8], dir: Option<&Path>) -> Result<()> {
     let fname = crate::name::file_name(name)?;
-    let dir = crate::name::queue_dir(dir)?;
-    match sys::unlink(&dir.join(fname)) {
+    let dir = QueueDir::open(dir, false)?;
+    match sys::unlink_at(dir.fd(), fname) {
         Ok(()) => Ok(()),
         // A sticky directory refuses with EPERM; mq_unlink says EACCES.
         Err(Errno::EPERM) => Err(Error::Os(Errno::EACCES)),
@@ -305,15 +306,20 @@ pub fn unlink(name: &[u8], dir: Option<&Path>) -> Result<()> {
 /// Opens a queue file for inspection only (no access check beyond the
 /// file's own permissions, no descriptor flags).
 pub fn open_for_inspection(name: &[u8], dir: Option<&Path>) -> Result<Queue> {
+    let dir = QueueDir::open(dir, false)?;
+    open_for_inspection_in(&dir, name)
+}
+
+/// [`open_for_inspection`] in a directory already open.
+pub(crate) fn open_for_inspection_in(dir: &QueueDir, name: &[u8]) -> Result<Queue> {
     let fname = crate::name::file_name(name)?;
-    let dir = crate::name::queue_dir(dir)?;
-    let file = sys::open_existing(&dir, fname).map_err(|e| match e {
+    let file = sys::open_existing(dir.fd(), fname).map_err(|e| match e {
         Errno::ELOOP | Errno::ENXIO | Errno::EISDIR => {
             Error::NotAQueue("not a regular file".into())
         }
         e => Error::Os(e),
     })?;
-    Queue::open_file(&file, dir.join(fname), name)
+    Queue::open_file(&file, dir.path.join(fname), name)
 }
 
 #[cfg(test)]

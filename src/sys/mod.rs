@@ -8,16 +8,11 @@ pub mod bell;
 pub mod live;
 
 use nix::errno::Errno;
-use std::ffi::{CString, OsStr};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-
-fn cstr(p: &Path) -> Result<CString, Errno> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
-}
 
 fn cvt(r: libc::c_int) -> Result<libc::c_int, Errno> {
     if r == -1 { Err(Errno::last()) } else { Ok(r) }
@@ -81,14 +76,121 @@ pub fn reopen_self(file: &File) -> Result<File, Errno> {
     Ok(f)
 }
 
-/// Opens an existing queue file read-write, close-on-exec, never following a
-/// symbolic link and never blocking on a FIFO.
-pub fn open_existing(dir: &Path, name: &OsStr) -> Result<File, Errno> {
-    let path = cstr(&dir.join(name))?;
-    // SAFETY: path is a valid C string; open returns a new fd or -1.
+fn cname(name: &OsStr) -> Result<CString, Errno> {
+    CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// Opens the directory `name` in `dir` (with `dir` `None`, `name` is `/`)
+/// close-on-exec, never following a symbolic link in `name` (`O_NOFOLLOW |
+/// O_DIRECTORY`). The descriptor is `O_PATH` (it needs only search
+/// permission on the way, as a path would): good for `fstat` and as the
+/// directory of `*at` calls; with `for_fchmod`, read-only instead, so
+/// that `fchmod` works on it.
+pub fn open_dir_at(
+    dir: Option<BorrowedFd<'_>>,
+    name: &OsStr,
+    for_fchmod: bool,
+) -> Result<OwnedFd, Errno> {
+    let c = cname(name)?;
+    let at = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    let how = if for_fchmod {
+        libc::O_RDONLY
+    } else {
+        libc::O_PATH
+    };
+    // SAFETY: c is a valid C string; openat returns a new fd or -1.
     let fd = cvt(unsafe {
-        libc::open(
-            path.as_ptr(),
+        libc::openat(
+            at,
+            c.as_ptr(),
+            how | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: what `name` itself is.
+pub fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<FileInfo, Errno> {
+    let st = nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    Ok(FileInfo {
+        size: st.st_size as u64,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode,
+    })
+}
+
+/// `readlinkat(dir, name)`.
+pub fn readlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OsString, Errno> {
+    nix::fcntl::readlinkat(dir, name)
+}
+
+/// `mkdirat(dir, name, mode)` (the kernel applies the umask).
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<(), Errno> {
+    nix::sys::stat::mkdirat(
+        dir,
+        name,
+        nix::sys::stat::Mode::from_bits_truncate(mode as libc::mode_t),
+    )
+}
+
+/// `renameat2(dir, from, dir, to, RENAME_NOREPLACE)`: `EEXIST` when `to`
+/// exists; `EINVAL` where the file system cannot do it.
+pub fn rename_noreplace_at(dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> Result<(), Errno> {
+    nix::fcntl::renameat2(
+        dir,
+        from,
+        dir,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+}
+
+/// `unlinkat(dir, name, AT_REMOVEDIR)`.
+pub fn rmdir_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+    nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir)
+}
+
+/// `unlinkat(dir, name, 0)`.
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+    nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+}
+
+/// The entries of the directory open as `dir` (read through a new
+/// descriptor of it), without `.` and `..`: each name, and whether it is a
+/// regular file (`None` when the file system does not say).
+pub fn read_dir_at(dir: BorrowedFd<'_>) -> Result<Vec<(OsString, Option<bool>)>, Errno> {
+    use nix::dir::{Dir, Type};
+    use nix::fcntl::OFlag;
+    let mut d = Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let mut out = Vec::new();
+    for ent in d.iter() {
+        let ent = ent?;
+        let name = OsStr::from_bytes(ent.file_name().to_bytes());
+        if name == "." || name == ".." {
+            continue;
+        }
+        let is_file = ent.file_type().map(|t| t == Type::File);
+        out.push((name.to_os_string(), is_file));
+    }
+    Ok(out)
+}
+
+/// Opens the existing queue file `name` in `dir` read-write, close-on-exec,
+/// never following a symbolic link and never blocking on a FIFO.
+pub fn open_existing(dir: BorrowedFd<'_>, name: &OsStr) -> Result<File, Errno> {
+    let c = cname(name)?;
+    // SAFETY: c is a valid C string; openat returns a new fd or -1.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
             libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
         )
     })?;
@@ -97,14 +199,14 @@ pub fn open_existing(dir: &Path, name: &OsStr) -> Result<File, Errno> {
 }
 
 /// Creates an unnamed file in `dir` (`O_TMPFILE`) with `mode` (the kernel
-/// applies the umask); falls back to a uniquely named file that the caller
-/// must unlink. Returns the file and, for the fallback, its name.
-pub fn create_unnamed(dir: &Path, mode: u32) -> Result<(File, Option<std::path::PathBuf>), Errno> {
-    let d = cstr(dir)?;
-    // SAFETY: d is a valid C string.
+/// applies the umask); falls back to a uniquely named file in `dir` that the
+/// caller must unlink. Returns the file and, for the fallback, its name.
+pub fn create_unnamed(dir: BorrowedFd<'_>, mode: u32) -> Result<(File, Option<OsString>), Errno> {
+    // SAFETY: "." is a valid C string; openat returns a new fd or -1.
     let r = unsafe {
-        libc::open(
-            d.as_ptr(),
+        libc::openat(
+            dir.as_raw_fd(),
+            c".".as_ptr(),
             libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
             mode as libc::c_uint,
         )
@@ -120,11 +222,12 @@ pub fn create_unnamed(dir: &Path, mode: u32) -> Result<(File, Option<std::path::
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     loop {
         let n = COUNTER.fetch_add(1, Relaxed);
-        let path = dir.join(format!(".shmq-creating.{}.{n}", std::process::id()));
-        let c = cstr(&path)?;
+        let name = OsString::from(format!(".shmq-creating.{}.{n}", std::process::id()));
+        let c = cname(&name)?;
         // SAFETY: c is a valid C string.
         let r = unsafe {
-            libc::open(
+            libc::openat(
+                dir.as_raw_fd(),
                 c.as_ptr(),
                 libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW,
                 mode as libc::c_uint,
@@ -132,7 +235,7 @@ pub fn create_unnamed(dir: &Path, mode: u32) -> Result<(File, Option<std::path::
         };
         if r >= 0 {
             // SAFETY: fresh descriptor we own.
-            return Ok((unsafe { File::from_raw_fd(r) }, Some(path)));
+            return Ok((unsafe { File::from_raw_fd(r) }, Some(name)));
         }
         if Errno::last() != Errno::EEXIST {
             return Err(Errno::last());
@@ -140,35 +243,27 @@ pub fn create_unnamed(dir: &Path, mode: u32) -> Result<(File, Option<std::path::
     }
 }
 
-/// Gives `file` (made by [`create_unnamed`]) the name `dir/name`. `EEXIST`
-/// when the name is taken: the file is never replaced.
+/// Gives `file` (made by [`create_unnamed`] in `dir`) the name `name` in
+/// `dir`. `EEXIST` when the name is taken: the file is never replaced.
 pub fn link_into_place(
     file: &File,
-    tmp: Option<&Path>,
-    dir: &Path,
+    tmp: Option<&OsStr>,
+    dir: BorrowedFd<'_>,
     name: &OsStr,
 ) -> Result<(), Errno> {
-    let dst = cstr(&dir.join(name))?;
-    let src = match tmp {
-        Some(p) => cstr(p)?,
-        None => CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL"),
-    };
-    let flags = if tmp.is_some() {
-        0
-    } else {
-        libc::AT_SYMLINK_FOLLOW
-    };
-    // SAFETY: both are valid C strings.
-    cvt(unsafe {
-        libc::linkat(
+    let dst = cname(name)?;
+    let (src_dir, src, flags) = match tmp {
+        Some(t) => (dir.as_raw_fd(), cname(t)?, 0),
+        None => (
             libc::AT_FDCWD,
-            src.as_ptr(),
-            libc::AT_FDCWD,
-            dst.as_ptr(),
-            flags,
-        )
-    })
-    .map(drop)
+            CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL"),
+            libc::AT_SYMLINK_FOLLOW,
+        ),
+    };
+    // SAFETY: both are valid C strings; both directory descriptors are open
+    // (or AT_FDCWD).
+    cvt(unsafe { libc::linkat(src_dir, src.as_ptr(), dir.as_raw_fd(), dst.as_ptr(), flags) })
+        .map(drop)
 }
 
 /// Sets the file size to `size` and reserves its pages now, so that a full
@@ -193,32 +288,9 @@ pub fn reserve(file: &File, size: u64) -> Result<(), Errno> {
 }
 
 /// `fchmod(fd, mode)`.
-pub fn fchmod(file: &File, mode: u32) -> Result<(), Errno> {
-    // SAFETY: plain syscall on a descriptor we own.
-    cvt(unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) }).map(drop)
-}
-
-/// `unlink(dir/name)`.
-pub fn unlink(path: &Path) -> Result<(), Errno> {
-    let c = cstr(path)?;
-    // SAFETY: c is a valid C string.
-    cvt(unsafe { libc::unlink(c.as_ptr()) }).map(drop)
-}
-
-/// Creates `dir` with mode 1777 (like `/tmp`) if it does not exist.
-pub fn ensure_shared_dir(dir: &Path) -> Result<(), Errno> {
-    let c = cstr(dir)?;
-    // SAFETY: c is a valid C string.
-    match cvt(unsafe { libc::mkdir(c.as_ptr(), 0o1777) }) {
-        Ok(_) => {
-            // The umask may have removed bits: set them explicitly.
-            // SAFETY: c is a valid C string.
-            let _ = unsafe { libc::chmod(c.as_ptr(), 0o1777) };
-            Ok(())
-        }
-        Err(Errno::EEXIST) => Ok(()),
-        Err(e) => Err(e),
-    }
+pub fn fchmod(fd: impl AsFd, mode: u32) -> Result<(), Errno> {
+    // SAFETY: plain syscall on a descriptor the caller holds open.
+    cvt(unsafe { libc::fchmod(fd.as_fd().as_raw_fd(), mode as libc::mode_t) }).map(drop)
 }
 
 /// `dup(fd)` with close-on-exec.

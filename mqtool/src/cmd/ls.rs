@@ -11,8 +11,11 @@ use std::io::{self, BufWriter, Write};
 
 pub fn run(ctx: &Ctx, _a: &LsArgs) -> Outcome {
     let dir = ctx.dir()?;
-    let entries = shmq::inspect::list(Some(dir))
-        .map_err(|e| Failure::new(dir.display().to_string(), e.to_string()))?;
+    let entries = shmq::inspect::list(Some(dir)).map_err(|e| match e {
+        // Names the directory itself.
+        shmq::Error::Dir { .. } => Failure::plain(e.to_string()),
+        e => Failure::new(dir.display().to_string(), e.to_string()),
+    })?;
     let mut out = BufWriter::new(io::stdout().lock());
     if ctx.json {
         for e in &entries {

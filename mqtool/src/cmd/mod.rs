@@ -58,14 +58,15 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// The queue directory: `--dir`, else `SHMQ_DIR`, else the default
-    /// (created if missing, by the library).
+    /// The queue directory: `--dir`, else `SHMQ_DIR`, else the default.
+    /// Only which one: the library checks it (and creates it, when it may)
+    /// at every use.
     pub fn dir(&self) -> Result<&Path, Failure> {
         if let Some(d) = self.dir.get() {
             return Ok(d);
         }
-        let d = shmq::inspect::queue_dir(self.dir_arg.as_deref())
-            .map_err(|e| Failure::new(shmq::name::DEFAULT_DIR, e.to_string()))?;
+        let d = shmq::name::chosen_dir(self.dir_arg.as_deref())
+            .map_err(|e| Failure::plain(e.to_string()))?;
         Ok(self.dir.get_or_init(|| d))
     }
 
@@ -78,12 +79,14 @@ impl Ctx {
 
     /// An error from opening or using queue `name`, in words.
     pub fn queue_error(&self, name: &QueueName, e: &io::Error) -> Failure {
+        let dir_problem = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<shmq::Error>())
+            .is_some_and(|se| matches!(se, shmq::Error::Dir { .. }));
         let msg = match errno_of(e) {
+            // The library's words name the directory and what is wrong.
+            _ if dir_problem => describe_io(e),
             Some(Errno::ENOENT) => match self.dir() {
-                Ok(d) if !d.is_dir() => format!(
-                    "no such queue: directory {} does not exist (ENOENT)",
-                    d.display()
-                ),
                 Ok(d) => format!("no such queue in {} (ENOENT)", d.display()),
                 Err(_) => describe_io(e),
             },
