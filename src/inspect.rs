@@ -17,6 +17,7 @@
 //! let peeked: Vec<_> = q.peek(None)?.into_iter().map(|m| m.priority).collect();
 //! assert_eq!(peeked, [7, 3]);
 //! assert_eq!(mq.attributes()?.current_messages, 2); // peek took nothing
+//! assert!(format!("{q:?}").contains("jobs")); // Debug shows the file
 //! # shmq::remove_queue_in(&dir, "/jobs")?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -160,6 +161,15 @@ const LOOK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 /// An open queue, for looking inside.
 pub struct Inspector {
     q: Queue,
+}
+
+/// Shows the queue file's path; a snapshot needs [`Inspector::info`].
+impl std::fmt::Debug for Inspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inspector")
+            .field("path", &self.path())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Inspector {
