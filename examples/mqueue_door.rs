@@ -10,7 +10,12 @@ use shmq::mqueue::{
 fn main() -> Result<(), Errno> {
     let attr = MqAttr::new(0, 10, 64, 0); // flags, capacity, message size, (ignored)
     let oflag = MQ_OFlag::O_CREAT | MQ_OFlag::O_EXCL | MQ_OFlag::O_RDWR;
-    let mq = mq_open("/nix-door", oflag, Mode::S_IRUSR | Mode::S_IWUSR, Some(&attr))?;
+    let mq = mq_open(
+        "/nix-door",
+        oflag,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+        Some(&attr),
+    )?;
 
     mq_send(&mq, b"hello", 7)?;
     let mut buf = [0u8; 64];

@@ -362,8 +362,12 @@ impl Inspector {
 /// An entry of [`list`]: a queue, or a file that looks like a damaged one.
 #[derive(Debug)]
 pub struct ListEntry {
-    /// Queue name, `/...`.
+    /// Queue name, `/...`, with any byte that is not UTF-8 replaced by
+    /// U+FFFD (see `name_bytes`).
     pub name: String,
+    /// Queue name as it is on disk, `/...`: names are bytes, not
+    /// necessarily UTF-8.
+    pub name_bytes: Vec<u8>,
     /// The snapshot, or why it could not be taken (a corrupted queue, a
     /// queue of another version, permission denied …).
     pub info: Result<QueueInfo>,
@@ -401,10 +405,11 @@ pub fn list(dir: Option<&Path>) -> Result<Vec<ListEntry>> {
         }
         out.push(ListEntry {
             name: String::from_utf8_lossy(&name).into_owned(),
+            name_bytes: name,
             info,
         });
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| a.name_bytes.cmp(&b.name_bytes));
     Ok(out)
 }
 

@@ -43,7 +43,10 @@ A broken pipe on standard output ends quietly with status 0.
 
 JSON Lines (--json): one object per line, each with a \"type\":
   message  (recv, peek)  queue, priority, len, data
-  queue    (info, ls)    name, path, capacity, max_msg_len, current_messages,
+  queue    (info, ls)    name, name_bytes (the name's bytes in hex: exact
+                         when name, with U+FFFD for bytes that are not
+                         UTF-8, is not), path, capacity, max_msg_len,
+                         current_messages,
                          mode (\"0640\"), uid, gid,
                          per_priority [{priority, count}, ...] highest first,
                          blocked_senders, blocked_receivers, in_flight,
@@ -51,7 +54,7 @@ JSON Lines (--json): one object per line, each with a \"type\":
                          total_sent, total_received, file_size,
                          version (\"2.0\"), health {status (ok, repaired,
                          corrupted), repairs, corrupted_slots};
-                         a queue ls cannot read: name, path,
+                         a queue ls cannot read: name, name_bytes, path,
                          error {errno, message}
   sample   (watch)       queue, time (Unix seconds), elapsed,
                          current_messages, capacity, sent_per_sec,
@@ -67,7 +70,9 @@ JSON Lines (--json): one object per line, each with a \"type\":
                          empty-queue figure of the shmq-only cases)
 
 Payloads (\"data\") are {\"text\": STRING} when valid UTF-8, else
-{\"bytes\": BASE64}, as in ripgrep's JSON output.
+{\"bytes\": BASE64}, as in ripgrep's JSON output. Text output escapes
+control characters and bytes that are not UTF-8 in queue names (\\n, \\e,
+\\xff, and \\\\ for a backslash).
 
 Examples:
   mqtool create /jobs --capacity 100 --max-msg-len 256

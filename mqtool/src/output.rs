@@ -9,8 +9,13 @@
 //!   `{"type":"message","queue":"/jobs","priority":7,"len":5,"data":{"text":"hello"}}`
 //! - `"queue"` ([`QueueJson`] from `info` and `ls`, or [`QueueErrorJson`]
 //!   from `ls` for a queue that cannot be read):
-//!   `{"type":"queue","name":"/jobs","path":"/dev/shm/shmq/jobs","capacity":10,"max_msg_len":8192,"current_messages":2,"mode":"0600","uid":0,"gid":0,"per_priority":[{"priority":7,"count":1},{"priority":3,"count":1}],"blocked_senders":0,"blocked_receivers":0,"in_flight":0,"notify":null,"total_sent":2,"total_received":0,"file_size":86016,"version":"2.0","health":{"status":"ok","repairs":0,"corrupted_slots":0}}`
-//!   or `{"type":"queue","name":"/bad","path":"…","error":{"errno":"EBADMSG","message":"…"}}`
+//!   `{"type":"queue","name":"/jobs","name_bytes":"2f6a6f6273","path":"/dev/shm/shmq/jobs","capacity":10,"max_msg_len":8192,"current_messages":2,"mode":"0600","uid":0,"gid":0,"per_priority":[{"priority":7,"count":1},{"priority":3,"count":1}],"blocked_senders":0,"blocked_receivers":0,"in_flight":0,"notify":null,"total_sent":2,"total_received":0,"file_size":86016,"version":"2.0","health":{"status":"ok","repairs":0,"corrupted_slots":0}}`
+//!   or `{"type":"queue","name":"/bad","name_bytes":"2f626164","path":"…","error":{"errno":"EBADMSG","message":"…"}}`
+//!
+//!   Queue names are bytes: `name` is them as UTF-8, with U+FFFD for any
+//!   byte that is not, and `name_bytes` is every byte in lowercase hex, to
+//!   get the exact name back. Text output escapes names instead (see
+//!   [`escape`]).
 //! - `"sample"` ([`SampleJson`], from `watch`)
 //! - `"purged"` ([`PurgedJson`], from `purge`)
 //! - `"bench"` ([`BenchJson`], from `bench`)
@@ -107,9 +112,11 @@ pub struct QueueJson {
     /// Always `"queue"`.
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// Queue name, `/…`.
+    /// Queue name, `/…`; bytes that are not UTF-8 become U+FFFD.
     pub name: String,
-    /// Path of the queue file.
+    /// The name's bytes in lowercase hex, exact even when `name` is not.
+    pub name_bytes: String,
+    /// Path of the queue file (not UTF-8: as `name`).
     pub path: String,
     /// Maximum number of messages (`mq_maxmsg`).
     pub capacity: u64,
@@ -147,8 +154,9 @@ pub struct QueueJson {
 }
 
 impl QueueJson {
-    /// Converts the library's snapshot.
-    pub fn new(i: &shmq::inspect::QueueInfo) -> QueueJson {
+    /// Converts the library's snapshot of the queue named `name` (bytes,
+    /// `/…`).
+    pub fn new(name: &[u8], i: &shmq::inspect::QueueInfo) -> QueueJson {
         use shmq::inspect::Health;
         let (repairs, corrupted_slots) = match i.health {
             Health::Ok => (0, 0),
@@ -157,7 +165,8 @@ impl QueueJson {
         };
         QueueJson {
             kind: "queue",
-            name: i.name.clone(),
+            name: String::from_utf8_lossy(name).into_owned(),
+            name_bytes: hex(name),
             path: i.path.display().to_string(),
             capacity: i.capacity,
             max_msg_len: i.max_msg_len,
@@ -207,8 +216,10 @@ pub struct QueueErrorJson {
     /// Always `"queue"`.
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// Queue name.
+    /// Queue name (as in [`QueueJson`]).
     pub name: String,
+    /// The name's bytes in lowercase hex.
+    pub name_bytes: String,
     /// Path of the file.
     pub path: String,
     /// What went wrong.
@@ -347,6 +358,36 @@ impl<W: Write> MessagePrinter<'_, W> {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+/// `bytes` made safe to print on a terminal, one line, reversibly:
+/// control characters become `\n`, `\t`, `\r`, `\e` or `\xHH`, bytes
+/// that are not UTF-8 `\xHH`, and `\` itself `\\`; everything else is
+/// left as it is.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => s.push_str("\\\\"),
+                '\n' => s.push_str("\\n"),
+                '\t' => s.push_str("\\t"),
+                '\r' => s.push_str("\\r"),
+                '\x1b' => s.push_str("\\e"),
+                c if c.is_control() => {
+                    let mut buf = [0; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        s.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+                c => s.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    s
 }
 
 /// Lowercase hex.
@@ -545,6 +586,14 @@ mod tests {
             s,
             "7\thi\n0\t01ab\n{\"type\":\"message\",\"queue\":\"/q\",\"priority\":3,\"len\":3,\"data\":{\"text\":\"x\\ny\"}}\n"
         );
+    }
+
+    #[test]
+    fn escapes_control_and_invalid_bytes() {
+        assert_eq!(escape(b"/jobs-\xc3\xa9"), "/jobs-\u{e9}");
+        assert_eq!(escape(b"/a\nb\tc\x1b[31m\x7f"), "/a\\nb\\tc\\e[31m\\x7f");
+        assert_eq!(escape(b"/\xff\\"), "/\\xff\\\\");
+        assert_eq!(escape("/\u{85}".as_bytes()), "/\\xc2\\x85");
     }
 
     #[test]

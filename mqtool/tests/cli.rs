@@ -1060,3 +1060,61 @@ impl Run {
         assert!(self.stderr.starts_with("mqtool: "), "{self:?}");
     }
 }
+
+/// `mqtool ARGS` where some arguments are raw bytes (names that are not
+/// UTF-8).
+fn run_os(env: &Env, args: &[&[u8]]) -> Run {
+    use std::os::unix::ffi::OsStrExt;
+    let mut c = env.cmd(&[]);
+    c.args(args.iter().map(|a| std::ffi::OsStr::from_bytes(a)));
+    Run::from(c.stdin(Stdio::null()).output().unwrap())
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn ls_escapes_names_and_json_keeps_their_bytes() {
+    let env = Env::new("ls-escape");
+    let evil: &[u8] = b"/a\x1b[31mred\nsecond line";
+    let binary: &[u8] = b"/bin\xff\xfe";
+    for name in [evil, binary] {
+        let r = run_os(&env, &[b"create", name]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    env.ok(&["create", "/plain"]);
+
+    let table = env.ok(&["ls"]);
+    assert!(!table.contains('\x1b'), "raw escape sequence: {table:?}");
+    let lines: Vec<_> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "one line per queue: {table:?}");
+    assert!(table.contains("/a\\e[31mred\\nsecond line"), "{table:?}");
+    assert!(table.contains("/bin\\xff\\xfe"), "{table:?}");
+
+    let info = run_os(&env, &[b"info", evil]);
+    assert_eq!(info.code, 0, "{info:?}");
+    assert!(!info.stdout.contains('\x1b') && info.stdout.contains("\\e[31m"));
+
+    let rows = env.json(&["--json", "ls"]);
+    assert_eq!(rows.len(), 3);
+    let mut got: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|r| unhex(r["name_bytes"].as_str().unwrap()))
+        .collect();
+    got.sort();
+    let mut want = vec![evil.to_vec(), binary.to_vec(), b"/plain".to_vec()];
+    want.sort();
+    assert_eq!(got, want);
+    let bin_row = rows
+        .iter()
+        .find(|r| r["name_bytes"] == "2f62696efffe")
+        .unwrap();
+    assert_eq!(bin_row["name"], "/bin\u{fffd}\u{fffd}");
+    // The exact bytes work as a name again.
+    let r = run_os(&env, &[b"unlink", &unhex("2f62696efffe")]);
+    assert_eq!(r.code, 0, "{r:?}");
+}

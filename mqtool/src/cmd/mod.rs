@@ -122,9 +122,18 @@ impl QueueName {
     }
 }
 
+impl QueueName {
+    /// The name for JSON: U+FFFD for bytes that are not UTF-8.
+    pub fn lossy(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// For text output and messages: control characters and bytes that are not
+/// UTF-8 escaped ([`crate::output::escape`]).
 impl std::fmt::Display for QueueName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&String::from_utf8_lossy(&self.bytes))
+        f.write_str(&crate::output::escape(&self.bytes))
     }
 }
 

@@ -12,7 +12,7 @@ pub fn run(ctx: &Ctx, a: &PeekArgs) -> Outcome {
         .inspector(&name)?
         .peek(a.count)
         .map_err(|e| ctx.inspect_error(&name, e))?;
-    let queue = name.to_string();
+    let queue = name.lossy();
     let format = if ctx.json { Format::Json } else { a.format };
     let mut out = MessagePrinter {
         out: BufWriter::new(io::stdout().lock()),

@@ -30,7 +30,7 @@ pub fn run(ctx: &Ctx, a: &RecvArgs) -> Outcome {
     } else {
         a.count.unwrap_or(1)
     };
-    let queue = name.to_string();
+    let queue = name.lossy();
     let format = if ctx.json { Format::Json } else { a.format };
     let mut out = MessagePrinter {
         out: BufWriter::new(io::stdout().lock()),

@@ -17,7 +17,7 @@ const BAR: usize = 30;
 pub fn run(ctx: &Ctx, a: &WatchArgs) -> Outcome {
     let name = queue_name(&a.name)?;
     let inspector = ctx.inspector(&name)?;
-    let queue = name.to_string();
+    let queue = name.lossy();
     let mut out = io::stdout().lock();
     let mode = if ctx.json {
         Mode::Json
