@@ -183,12 +183,15 @@ pub struct WaitArgs {
 /// With MESSAGE arguments each one is a message. Without (or with '-'),
 /// every line of standard input is a message, sent as soon as it is read,
 /// without its newline; --whole sends all of standard input as one message
-/// and --file the bytes of a file.
+/// and --file the bytes of a file. Standard input that ends at once (no
+/// byte at all) is an error and sends nothing; an empty message is sent
+/// with an empty argument ('').
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
   mqtool send /jobs hello                  # one message
   mqtool send /jobs -p 5 a b c             # three messages, priority 5
+  mqtool send /jobs ''                     # one empty message
   tail -f app.log | mqtool send /logs      # one message per line
   mqtool send /blobs --file image.png      # binary, as is
   mqtool send /jobs --timeout 2s job-42    # exit 1 if still full after 2s")]

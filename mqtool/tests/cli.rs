@@ -1118,3 +1118,34 @@ fn ls_escapes_names_and_json_keeps_their_bytes() {
     let r = run_os(&env, &[b"unlink", &unhex("2f62696efffe")]);
     assert_eq!(r.code, 0, "{r:?}");
 }
+
+#[test]
+fn send_without_input_is_an_error_and_sends_nothing() {
+    let env = Env::new("no-input");
+    env.ok(&["create", "/q"]);
+    for args in [
+        &["send", "/q", "--whole"][..],
+        &["send", "/q"][..],
+        &["send", "/q", "-"][..],
+    ] {
+        let r = env.run_stdin(&[&args[..], &["-v"]].concat(), b"");
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains("no message on standard input"),
+            "{args:?}: {r:?}"
+        );
+        assert!(!r.stderr.contains("sent 1"), "{r:?}");
+        // A closed standard input, not an empty pipe.
+        let r = env.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+    }
+    assert_eq!(env.info("/q")["current_messages"], 0);
+    // An empty message is asked for explicitly.
+    env.ok(&["send", "/q", ""]);
+    let m = env.json(&["--json", "recv", "/q", "--nonblock"]);
+    assert_eq!(m[0]["len"], 0);
+    // One empty line is one empty message.
+    let r = env.run_stdin(&["send", "/q"], b"\n");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(env.info("/q")["current_messages"], 1);
+}

@@ -54,6 +54,9 @@ pub fn run(ctx: &Ctx, a: &SendArgs) -> Outcome {
             .lock()
             .read_to_end(&mut data)
             .map_err(|e| Failure::new("standard input", io_message(&e)))?;
+        if data.is_empty() {
+            return Err(no_input());
+        }
         s.send(&data, None)?;
     } else if stdin_lines {
         // Each line is sent as soon as it is read, so `tail -f | mqtool send` streams.
@@ -65,6 +68,9 @@ pub fn run(ctx: &Ctx, a: &SendArgs) -> Outcome {
                 .read_until(b'\n', &mut line)
                 .map_err(|e| Failure::new("standard input", io_message(&e)))?;
             if n == 0 {
+                if number == 1 {
+                    return Err(no_input());
+                }
                 break;
             }
             if line.last() == Some(&b'\n') {
@@ -86,6 +92,15 @@ pub fn run(ctx: &Ctx, a: &SendArgs) -> Outcome {
         format_args!("sent {sent} message{}", if sent == 1 { "" } else { "s" }),
     );
     Ok(Exit::Success)
+}
+
+/// Standard input ended before a single byte: nothing is sent. An empty
+/// message has to be asked for, as an empty argument.
+fn no_input() -> Failure {
+    Failure::new(
+        "standard input",
+        "no message on standard input, nothing sent (to send an empty message: mqtool send QUEUE '')",
+    )
 }
 
 struct Sender<'a> {
