@@ -153,12 +153,17 @@ Examples:
 pub struct CreateArgs {
     /// Queue name
     pub name: OsString,
-    /// Maximum number of messages in the queue [default: 10]
-    #[arg(short, long, value_name = "N")]
-    pub capacity: Option<usize>,
-    /// Maximum size of one message in bytes [default: 8192]
-    #[arg(short = 's', long, value_name = "BYTES")]
-    pub max_msg_len: Option<usize>,
+    /// Maximum number of messages in the queue, 1 to 4294967294 [default: 10]
+    #[arg(short, long, value_name = "N", allow_negative_numbers = true)]
+    pub capacity: Option<i64>,
+    /// Maximum size of one message in bytes, 1 or more [default: 8192]
+    ///
+    /// The queue file holds capacity x (max-msg-len + 48, rounded up to 64)
+    /// bytes plus a 140 KiB header, and its memory is reserved when it is
+    /// created: the room in the queue directory's file system is the
+    /// practical limit.
+    #[arg(short = 's', long, value_name = "BYTES", allow_negative_numbers = true)]
+    pub max_msg_len: Option<i64>,
     /// Permissions in octal, less the umask
     #[arg(short, long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
     pub mode: u32,
@@ -174,7 +179,7 @@ pub struct WaitArgs {
     #[arg(short, long, conflicts_with = "timeout")]
     pub nonblock: bool,
     /// Wait at most this long for room or for a message (e.g. 2s, 100ms, 1m); exit 1 when it expires
-    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
 }
 
@@ -202,8 +207,14 @@ pub struct SendArgs {
     #[arg(value_name = "MESSAGE")]
     pub messages: Vec<OsString>,
     /// Priority, 0 to 32767; higher priorities are received first
-    #[arg(short, long, value_name = "P", default_value_t = 0)]
-    pub priority: u32,
+    #[arg(
+        short,
+        long,
+        value_name = "P",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub priority: i64,
     #[command(flatten)]
     pub wait: WaitArgs,
     /// Send all of standard input as one message
@@ -243,7 +254,7 @@ pub struct RecvArgs {
     /// Queue name
     pub name: OsString,
     /// Number of messages to receive [default: 1]
-    #[arg(short, long, value_name = "N", conflicts_with = "all", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short, long, value_name = "N", conflicts_with = "all", value_parser = parse_count, allow_negative_numbers = true)]
     pub count: Option<u64>,
     /// Receive every queued message, then stop
     #[arg(short, long)]
@@ -267,9 +278,9 @@ Examples:
 pub struct PeekArgs {
     /// Queue name
     pub name: OsString,
-    /// Show at most N messages
-    #[arg(short, long, value_name = "N")]
-    pub count: Option<usize>,
+    /// Show at most N messages, 1 or more [default: all]
+    #[arg(short, long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
+    pub count: Option<u64>,
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -342,10 +353,10 @@ pub struct WatchArgs {
     /// Queue name
     pub name: OsString,
     /// Time between samples
-    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval, allow_hyphen_values = true)]
     pub interval: Duration,
     /// Stop after N samples
-    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short, long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     pub count: Option<u64>,
 }
 
@@ -413,6 +424,9 @@ const MAX_DURATION: Duration = Duration::from_secs(1 << 30);
 /// is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    if s.starts_with('-') {
+        return Err(format!("'{s}' is negative: a duration is 0 or more"));
+    }
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
@@ -447,6 +461,16 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err("the interval must be at least 1ms".into());
     }
     Ok(d)
+}
+
+/// Parses a count of 1 or more (`--count`); a negative one is out of range,
+/// not an option.
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<i128>() {
+        Ok(n) if (1..=i128::from(u64::MAX)).contains(&n) => Ok(n as u64),
+        Ok(_) => Err(format!("{s} is out of range: a count is 1 or more")),
+        Err(_) => Err(format!("'{s}' is not a number")),
+    }
 }
 
 /// Parses an octal mode: `640`, `0640`, `0o640`.
@@ -485,6 +509,7 @@ mod tests {
         assert!(parse_duration("1e30").is_err());
         assert!(parse_duration("99999999999h").is_err());
         assert!(parse_interval("0").is_err());
+        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
     }
 
     #[test]
@@ -507,5 +532,6 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["mqtool", "send", "/q", "--whole", "x"]).is_err());
         assert!(Cli::try_parse_from(["mqtool", "recv", "/q", "--count", "0"]).is_err());
+        assert!(Cli::try_parse_from(["mqtool", "peek", "/q", "--count", "0"]).is_err());
     }
 }

@@ -1149,3 +1149,67 @@ fn send_without_input_is_an_error_and_sends_nothing() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(env.info("/q")["current_messages"], 1);
 }
+
+#[test]
+fn negative_numbers_get_the_range_not_a_dash_tip() {
+    let env = Env::new("negative");
+    env.ok(&["create", "/q"]);
+    env.run(&["send", "/q", "--priority", "-1", "x"])
+        .assert_error("/q", "EINVAL");
+    let r = env.run(&["send", "/q", "-p", "-1", "x"]);
+    assert!(r.stderr.contains("0 to 32767"), "{r:?}");
+    for (args, want) in [
+        (&["send", "/q", "--timeout", "-1s", "x"][..], "negative"),
+        (&["recv", "/q", "--timeout", "-1s"][..], "negative"),
+        (&["recv", "/q", "--count", "-1"][..], "1 or more"),
+        (&["peek", "/q", "--count", "-1"][..], "1 or more"),
+        (&["watch", "/q", "--count", "-1"][..], "1 or more"),
+        (&["watch", "/q", "--interval", "-1s"][..], "negative"),
+    ] {
+        let r = env.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(want), "{args:?}: {r:?}");
+        assert!(!r.stderr.contains("-- -1"), "{args:?}: {r:?}");
+    }
+    env.run(&["create", "/neg", "--capacity", "-1"])
+        .assert_error("/neg", "EINVAL");
+    env.run(&["create", "/neg", "--max-msg-len", "-1"])
+        .assert_error("/neg", "EINVAL");
+    assert_eq!(env.info("/q")["current_messages"], 0);
+}
+
+#[test]
+fn peek_and_recv_agree_on_count() {
+    let env = Env::new("peek-count");
+    env.ok(&["create", "/q"]);
+    env.ok(&["send", "/q", "a", "b", "c"]);
+    for cmd in ["peek", "recv"] {
+        let r = env.run(&[cmd, "/q", "--count", "0"]);
+        assert_eq!(r.code, 2, "{cmd}: {r:?}");
+        assert!(r.stderr.contains("1 or more"), "{cmd}: {r:?}");
+    }
+    assert_eq!(env.ok(&["peek", "/q", "--count", "2"]), "a\nb\n");
+    assert_eq!(env.ok(&["recv", "/q", "--count", "2"]), "a\nb\n");
+}
+
+#[test]
+fn capacity_limit_is_stated_and_checked() {
+    let env = Env::new("capacity");
+    let help = env.ok(&["create", "--help"]);
+    assert!(help.contains("1 to 4294967294"), "{help}");
+    assert!(!help.contains("9223372036854775807"), "{help}");
+    let r = env.run(&["create", "/big", "--capacity", "1000000000000"]);
+    r.assert_error("/big", "EOVERFLOW");
+    assert!(r.stderr.contains("limit of 4294967294"), "{r:?}");
+    let r = env.run(&[
+        "create",
+        "/big",
+        "--capacity",
+        "4294967294",
+        "--max-msg-len",
+        "9000000000000000",
+    ]);
+    r.assert_error("/big", "EOVERFLOW");
+    assert!(r.stderr.contains("8 EiB"), "{r:?}");
+    assert!(!env.dir.join("big").exists());
+}

@@ -10,7 +10,7 @@ pub fn run(ctx: &Ctx, a: &PeekArgs) -> Outcome {
     let name = queue_name(&a.name)?;
     let messages = ctx
         .inspector(&name)?
-        .peek(a.count)
+        .peek(a.count.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
         .map_err(|e| ctx.inspect_error(&name, e))?;
     let queue = name.lossy();
     let format = if ctx.json { Format::Json } else { a.format };

@@ -12,7 +12,10 @@ pub const MAX_PRIORITY: u32 = 32767;
 
 pub fn run(ctx: &Ctx, a: &SendArgs) -> Outcome {
     let name = queue_name(&a.name)?;
-    if a.priority > MAX_PRIORITY {
+    let Some(priority) = u32::try_from(a.priority)
+        .ok()
+        .filter(|&p| p <= MAX_PRIORITY)
+    else {
         return Err(Failure::new(
             name.to_string(),
             format!(
@@ -20,7 +23,7 @@ pub fn run(ctx: &Ctx, a: &SendArgs) -> Outcome {
                 a.priority
             ),
         ));
-    }
+    };
     let mut opts = shmq::OpenOptions::writeonly();
     opts.existing().dir(ctx.dir()?);
     if a.wait.nonblock {
@@ -39,6 +42,7 @@ pub fn run(ctx: &Ctx, a: &SendArgs) -> Outcome {
         name: &name,
         mq: &mq,
         max_msg_len,
+        priority,
         sent: 0,
     };
 
@@ -109,13 +113,14 @@ struct Sender<'a> {
     name: &'a QueueName,
     mq: &'a shmq::PosixMq,
     max_msg_len: usize,
+    priority: u32,
     sent: u64,
 }
 
 impl Sender<'_> {
     /// Sends one message; `line` is its line number on standard input.
     fn send(&mut self, msg: &[u8], line: Option<u64>) -> Result<(), Failure> {
-        let p = self.a.priority;
+        let p = self.priority;
         let r = match self.a.wait.timeout {
             Some(t) => self.mq.send_timeout(p, msg, t),
             None => self.mq.send(p, msg),
