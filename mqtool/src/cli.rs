@@ -234,6 +234,10 @@ pub enum Format {
     Hex,
     /// One JSON object per line (as --json)
     Json,
+    /// The payload byte for byte, nothing added: one message only (--count
+    /// 1, the default), so that `mqtool recv /q --format raw > file` gives
+    /// back exactly what was sent
+    Raw,
 }
 
 /// Receive messages: highest priority first, oldest first within a
@@ -249,7 +253,8 @@ Examples:
   mqtool recv /jobs --all -p               # drain, with priorities
   mqtool recv /jobs -c 10 --timeout 5s     # up to 10, each within 5s
   mqtool recv /jobs --nonblock || echo empty
-  mqtool recv /blobs --format hex")]
+  mqtool recv /blobs --format hex
+  mqtool recv /blobs --format raw > image.png   # one message, byte for byte")]
 pub struct RecvArgs {
     /// Queue name
     pub name: OsString,
@@ -261,9 +266,10 @@ pub struct RecvArgs {
     pub all: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    /// Output format [default: text]; --json is --format json, and the two
+    /// cannot be combined
+    #[arg(long, value_enum, conflicts_with = "json")]
+    pub format: Option<Format>,
     /// Print the priority before each message, then a tab
     #[arg(short, long)]
     pub priority: bool,
@@ -281,9 +287,10 @@ pub struct PeekArgs {
     /// Show at most N messages, 1 or more [default: all]
     #[arg(short, long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     pub count: Option<u64>,
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    /// Output format [default: text]; --json is --format json, and the two
+    /// cannot be combined
+    #[arg(long, value_enum, conflicts_with = "json")]
+    pub format: Option<Format>,
     /// Print the priority before each message, then a tab
     #[arg(short, long)]
     pub priority: bool,

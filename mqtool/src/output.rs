@@ -329,7 +329,7 @@ pub struct MessagePrinter<'a, W: Write> {
 impl<W: Write> MessagePrinter<'_, W> {
     /// Prints one message.
     pub fn print(&mut self, priority: u32, data: &[u8]) -> io::Result<()> {
-        if self.format != Format::Json && self.priority {
+        if matches!(self.format, Format::Text | Format::Hex) && self.priority {
             write!(self.out, "{priority}\t")?;
         }
         match self.format {
@@ -337,6 +337,7 @@ impl<W: Write> MessagePrinter<'_, W> {
                 self.out.write_all(data)?;
                 self.out.write_all(b"\n")
             }
+            Format::Raw => self.out.write_all(data),
             Format::Hex => {
                 self.out.write_all(hex(data).as_bytes())?;
                 self.out.write_all(b"\n")
@@ -388,6 +389,31 @@ pub fn escape(bytes: &[u8]) -> String {
         }
     }
     s
+}
+
+/// Checks that `--format raw` is asked for one message (`count`), without
+/// `--priority`: raw payloads have no framing.
+pub fn check_raw(
+    format: Format,
+    count: Option<u64>,
+    all: bool,
+    priority: bool,
+) -> Result<(), crate::exit::Failure> {
+    if format != Format::Raw {
+        return Ok(());
+    }
+    if all || count.is_some_and(|n| n != 1) {
+        return Err(crate::exit::Failure::plain(
+            "--format raw prints exactly one message, byte for byte: ask for one with \
+             --count 1; for several, use --format hex or --json",
+        ));
+    }
+    if priority {
+        return Err(crate::exit::Failure::plain(
+            "--format raw prints the payload alone: --priority cannot be added (use --json)",
+        ));
+    }
+    Ok(())
 }
 
 /// Lowercase hex.

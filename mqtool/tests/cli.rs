@@ -1213,3 +1213,70 @@ fn capacity_limit_is_stated_and_checked() {
     assert!(r.stderr.contains("8 EiB"), "{r:?}");
     assert!(!env.dir.join("big").exists());
 }
+
+/// `mqtool ARGS` with its standard output as raw bytes.
+fn stdout_bytes(env: &Env, args: &[&str]) -> (i32, Vec<u8>) {
+    let o = env.cmd(args).stdin(Stdio::null()).output().unwrap();
+    (o.status.code().unwrap_or(-1), o.stdout)
+}
+
+#[test]
+fn raw_format_is_byte_exact_and_one_message() {
+    let env = Env::new("raw");
+    env.ok(&["create", "/q"]);
+    let payload: Vec<u8> = (0..=255u8).chain(*b"no newline at the end").collect();
+    let file = env.dir.join("payload.bin");
+    std::fs::write(&file, &payload).unwrap();
+    env.ok(&["send", "/q", "--file", file.to_str().unwrap()]);
+    env.ok(&["send", "/q", "second"]);
+
+    assert_eq!(
+        stdout_bytes(&env, &["peek", "/q", "--count", "1", "--format", "raw"]),
+        (0, payload.clone())
+    );
+    assert_eq!(
+        stdout_bytes(&env, &["recv", "/q", "--format", "raw"]),
+        (0, payload)
+    );
+    for args in [
+        &["recv", "/q", "--format", "raw", "--all"][..],
+        &["recv", "/q", "--format", "raw", "--count", "2"][..],
+        &["recv", "/q", "--format", "raw", "-p"][..],
+        &["peek", "/q", "--format", "raw"][..],
+    ] {
+        let r = env.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("raw"), "{args:?}: {r:?}");
+        assert_eq!(r.stdout, "", "{args:?}");
+    }
+    // Nothing was taken by the refused commands.
+    assert_eq!(env.info("/q")["current_messages"], 1);
+    // The text format adds the newline, as documented.
+    assert_eq!(
+        stdout_bytes(&env, &["recv", "/q"]),
+        (0, b"second\n".to_vec())
+    );
+}
+
+#[test]
+fn json_and_format_conflict() {
+    let env = Env::new("json-format");
+    env.ok(&["create", "/q"]);
+    env.ok(&["send", "/q", "x"]);
+    for args in [
+        &["--json", "recv", "/q", "--format", "hex"][..],
+        &["recv", "/q", "--format", "hex", "--json"][..],
+        &["--json", "peek", "/q", "--format", "text"][..],
+        &["peek", "/q", "--json", "--format", "hex"][..],
+    ] {
+        let r = env.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains("--json") && r.stderr.contains("--format"),
+            "{args:?}: {r:?}"
+        );
+        assert_eq!(r.stdout, "", "{args:?}");
+    }
+    assert_eq!(env.info("/q")["current_messages"], 1);
+    assert_eq!(env.ok(&["peek", "/q", "--format", "hex"]), "78\n");
+}

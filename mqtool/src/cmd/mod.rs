@@ -109,6 +109,22 @@ impl Ctx {
     }
 }
 
+/// The format of `recv` and `peek`: `--json` or `--format` (default
+/// text). The global `--json` given before the subcommand escapes clap's
+/// conflict check, so it is checked here too.
+pub fn output_format(
+    ctx: &Ctx,
+    format: Option<crate::cli::Format>,
+) -> Result<crate::cli::Format, Failure> {
+    match (ctx.json, format) {
+        (true, Some(_)) => Err(Failure::plain(
+            "--json and --format cannot be used together (--json is --format json)",
+        )),
+        (true, None) => Ok(crate::cli::Format::Json),
+        (false, f) => Ok(f.unwrap_or(crate::cli::Format::Text)),
+    }
+}
+
 /// A checked queue name, always with its leading `/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueName {
