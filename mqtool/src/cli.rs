@@ -60,7 +60,7 @@ JSON Lines (--json): one object per line, each with a \"type\":
                          current_messages, capacity, sent_per_sec,
                          received_per_sec (null in the first sample),
                          blocked_senders, blocked_receivers, total_sent,
-                         total_received, health
+                         total_received, health (as in queue)
   purged   (purge)       queue, messages
   bench    (bench)       case, description, unit (ns or msg/s), shmq,
                          kernel, ratio (above 1: shmq is faster),

@@ -17,6 +17,9 @@
 //!   get the exact name back. Text output escapes names instead (see
 //!   [`escape`]).
 //! - `"sample"` ([`SampleJson`], from `watch`)
+//!
+//!   `"health"` has one shape wherever it appears (`info`, `ls`, `watch`):
+//!   `{"status":"ok"|"repaired"|"corrupted","repairs":N,"corrupted_slots":N}`.
 //! - `"purged"` ([`PurgedJson`], from `purge`)
 //! - `"bench"` ([`BenchJson`], from `bench`)
 //!
@@ -106,6 +109,23 @@ pub struct HealthJson {
     pub corrupted_slots: u32,
 }
 
+impl HealthJson {
+    /// The one shape of `"health"`, in `info`, `ls` and `watch` alike.
+    pub fn new(h: shmq::inspect::Health) -> HealthJson {
+        use shmq::inspect::Health;
+        let (repairs, corrupted_slots) = match h {
+            Health::Ok => (0, 0),
+            Health::Repaired { repairs } => (repairs, 0),
+            Health::Damaged { repairs, damage } => (repairs, damage),
+        };
+        HealthJson {
+            status: h.as_str(),
+            repairs,
+            corrupted_slots,
+        }
+    }
+}
+
 /// A queue (`info`, `ls`).
 #[derive(Debug, Serialize)]
 pub struct QueueJson {
@@ -157,12 +177,6 @@ impl QueueJson {
     /// Converts the library's snapshot of the queue named `name` (bytes,
     /// `/…`).
     pub fn new(name: &[u8], i: &shmq::inspect::QueueInfo) -> QueueJson {
-        use shmq::inspect::Health;
-        let (repairs, corrupted_slots) = match i.health {
-            Health::Ok => (0, 0),
-            Health::Repaired { repairs } => (repairs, 0),
-            Health::Damaged { repairs, damage } => (repairs, damage),
-        };
         QueueJson {
             kind: "queue",
             name: String::from_utf8_lossy(name).into_owned(),
@@ -191,11 +205,7 @@ impl QueueJson {
             total_received: i.total_received,
             file_size: i.file_size,
             version: format!("{}.{}", i.version.0, i.version.1),
-            health: HealthJson {
-                status: i.health.as_str(),
-                repairs,
-                corrupted_slots,
-            },
+            health: HealthJson::new(i.health),
         }
     }
 }
@@ -256,8 +266,8 @@ pub struct SampleJson<'a> {
     pub total_sent: u64,
     /// Messages received since creation.
     pub total_received: u64,
-    /// Health status (`"ok"`, `"repaired"`, `"corrupted"`).
-    pub health: &'static str,
+    /// Repair history, as in [`QueueJson`].
+    pub health: HealthJson,
 }
 
 /// Result of `purge`.

@@ -1280,3 +1280,16 @@ fn json_and_format_conflict() {
     assert_eq!(env.info("/q")["current_messages"], 1);
     assert_eq!(env.ok(&["peek", "/q", "--format", "hex"]), "78\n");
 }
+
+#[test]
+fn health_has_one_shape_everywhere() {
+    let env = Env::new("health");
+    env.ok(&["create", "/h"]);
+    let info = env.info("/h")["health"].clone();
+    let ls = env.json(&["--json", "ls"])[0]["health"].clone();
+    let watch = env.json(&["--json", "watch", "/h", "-c", "1"])[0]["health"].clone();
+    let want = serde_json::json!({"status": "ok", "repairs": 0, "corrupted_slots": 0});
+    assert_eq!(info, want);
+    assert_eq!(ls, want);
+    assert_eq!(watch, want);
+}

@@ -179,7 +179,7 @@ impl Sample<'_> {
             blocked_receivers: i.blocked_receivers,
             total_sent: i.total_sent,
             total_received: i.total_received,
-            health: i.health.as_str(),
+            health: crate::output::HealthJson::new(i.health),
         }
     }
 }
