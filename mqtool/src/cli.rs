@@ -68,6 +68,9 @@ JSON Lines (--json): one object per line, each with a \"type\":
                          baseline (kernel and ratio are null when the
                          kernel could not run the case; baseline is the
                          empty-queue figure of the shmq-only cases)
+  error    (any, on standard error instead of the plain message)
+                         subject (queue or file, or null), message, errno
+                         (\"ENOENT\" ..., or null), status (the exit status)
 
 Payloads (\"data\") are {\"text\": STRING} when valid UTF-8, else
 {\"bytes\": BASE64}, as in ripgrep's JSON output. Text output escapes

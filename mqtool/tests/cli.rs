@@ -1293,3 +1293,39 @@ fn health_has_one_shape_everywhere() {
     assert_eq!(ls, want);
     assert_eq!(watch, want);
 }
+
+#[test]
+fn errors_are_json_with_json() {
+    let env = Env::new("json-errors");
+    let parse = |r: &Run| -> Value {
+        assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+        serde_json::from_str(r.stderr.trim_end()).unwrap_or_else(|e| panic!("{e}: {r:?}"))
+    };
+    let r = env.run(&["--json", "info", "/missing"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    let j = parse(&r);
+    assert_eq!(j["type"], "error");
+    assert_eq!(j["subject"], "/missing");
+    assert_eq!(j["errno"], "ENOENT");
+    assert_eq!(j["status"], 2);
+    assert!(j["message"].as_str().unwrap().contains("no such queue"));
+
+    // Exit 1 (full queue) and usage errors too.
+    env.ok(&["create", "/one", "--capacity", "1"]);
+    env.ok(&["send", "/one", "x"]);
+    let j = parse(&env.run(&["send", "/one", "--nonblock", "y", "--json"]));
+    assert_eq!(
+        (j["errno"].as_str(), j["status"].as_u64()),
+        (Some("EAGAIN"), Some(1))
+    );
+    let r = env.run(&["--json", "recv", "/one", "--bogus"]);
+    assert_eq!(r.code, 2);
+    let j = parse(&r);
+    assert_eq!(j["type"], "error");
+    assert!(j["message"].as_str().unwrap().contains("--bogus"), "{j}");
+
+    // Without --json: the plain line.
+    let r = env.run(&["info", "/missing"]);
+    assert!(r.stderr.starts_with("mqtool: /missing: "), "{r:?}");
+}
