@@ -181,7 +181,7 @@ pub struct WaitArgs {
     /// Do not wait: fail at once (exit 1) if the queue is full (send) or empty (recv)
     #[arg(short, long, conflicts_with = "timeout")]
     pub nonblock: bool,
-    /// Wait at most this long for room or for a message (e.g. 2s, 100ms, 1m); exit 1 when it expires
+    /// Wait at most this long for room or for a message (e.g. 2s, 100ms, 1m, 1h30m); exit 1 when it expires
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
 }
@@ -430,35 +430,58 @@ pub struct ManArgs {
 /// overflow.
 const MAX_DURATION: Duration = Duration::from_secs(1 << 30);
 
-/// Parses `2s`, `100ms`, `1.5s`, `250us`, `10ns`, `1m`, `1h`; a bare number
-/// is seconds.
+/// Parses `2s`, `100ms`, `1.5s`, `250us`, `10ns`, `1m`, `1h`, and compound
+/// durations such as `1h30m` or `1m 30s` (humantime style: each number with
+/// its unit, summed); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.starts_with('-') {
         return Err(format!("'{s}' is negative: a duration is 0 or more"));
     }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = match num.parse() {
-        Ok(v) if num.chars().next().is_some_and(|c| c.is_ascii_digit()) => v,
-        _ => return Err(format!("'{s}' is not a duration such as 2s, 100ms or 1.5m")),
-    };
-    let scale = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 1e-3,
-        "us" | "µs" => 1e-6,
-        "ns" => 1e-9,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        u => {
-            return Err(format!(
-                "unknown unit '{u}' in '{s}' (use ns, us, ms, s, m or h)"
-            ));
-        }
-    };
-    let secs = value * scale;
+    let bad = || format!("'{s}' is not a duration such as 2s, 100ms, 1.5m or 1h30m");
+    let mut rest = s;
+    let mut secs = 0.0;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(split);
+        let value: f64 = match num.parse() {
+            Ok(v) if num.starts_with(|c: char| c.is_ascii_digit()) => v,
+            _ => return Err(bad()),
+        };
+        let tail = tail.trim_start();
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let (unit, after) = tail.split_at(unit_len);
+        let scale = match unit {
+            "" if parts == 0 && after.is_empty() => 1.0,
+            "" => {
+                return Err(format!(
+                    "'{s}': a number without a unit (use ns, us, ms, s, m or h)"
+                ));
+            }
+            "s" | "sec" | "secs" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            "m" | "min" | "mins" => 60.0,
+            "h" => 3600.0,
+            u => {
+                return Err(format!(
+                    "unknown unit '{u}' in '{s}' (use ns, us, ms, s, m or h)"
+                ));
+            }
+        };
+        secs += value * scale;
+        parts += 1;
+        rest = after.trim_start();
+    }
+    if parts == 0 {
+        return Err(bad());
+    }
     if !secs.is_finite() || secs > MAX_DURATION.as_secs_f64() {
         return Err(format!("'{s}' is too long"));
     }
@@ -519,6 +542,13 @@ mod tests {
         assert!(parse_duration("1e30").is_err());
         assert!(parse_duration("99999999999h").is_err());
         assert!(parse_interval("0").is_err());
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2s500ms"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("1 h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("1h30").is_err());
+        assert!(parse_duration("1h x").is_err());
+        assert!(parse_duration("h").is_err());
         assert!(parse_duration("-1s").unwrap_err().contains("negative"));
     }
 

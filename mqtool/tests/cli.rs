@@ -1329,3 +1329,18 @@ fn errors_are_json_with_json() {
     let r = env.run(&["info", "/missing"]);
     assert!(r.stderr.starts_with("mqtool: /missing: "), "{r:?}");
 }
+
+#[test]
+fn compound_durations() {
+    let env = Env::new("durations");
+    env.ok(&["create", "/q"]);
+    env.ok(&["send", "/q", "--timeout", "1h30m", "x"]);
+    assert_eq!(env.ok(&["recv", "/q", "--timeout", "1m 30s"]), "x\n");
+    let start = Instant::now();
+    let r = env.run(&["recv", "/q", "--timeout", "0m0s50ms"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(start.elapsed() >= Duration::from_millis(45));
+    let r = env.run(&["recv", "/q", "--timeout", "1h30"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("without a unit"), "{r:?}");
+}
