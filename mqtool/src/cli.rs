@@ -25,22 +25,32 @@ Examples:
   mqtool --json ls | jq .current_messages
   mqtool watch /jobs";
 
-const AFTER_LONG_HELP: &str = "\
+// The parts of the long help, also the man page's sections (cmd::man).
+macro_rules! names_text {
+    () => {
+        "\
 Queue names are '/name' as for mq_open(3); the leading '/' may be left out.
 Queues live in --dir, else $SHMQ_DIR, else /dev/shm/shmq. The directory
 must be an absolute path, not a symbolic link, and no one but root and you
 may own it (or, without the sticky bit, write to it) or anything on the
-way; create makes a missing one (0700).
-
-Exit status:
+way; create makes a missing one (0700)."
+    };
+}
+macro_rules! exit_status_text {
+    () => {
+        "\
   0  success
   1  nothing happened: no message arrived (recv --nonblock on an empty
      queue, or --timeout expired), or send found the queue full
   2  error: bad arguments or name, missing queue, permission denied,
      message too long, not a queue ...
 
-A broken pipe on standard output ends quietly with status 0.
-
+A broken pipe on standard output ends quietly with status 0."
+    };
+}
+macro_rules! json_text {
+    () => {
+        "\
 JSON Lines (--json): one object per line, each with a \"type\":
   message  (recv, peek)  queue, priority, len, data
   queue    (info, ls)    name, name_bytes (the name's bytes in hex: exact
@@ -75,16 +85,40 @@ JSON Lines (--json): one object per line, each with a \"type\":
 Payloads (\"data\") are {\"text\": STRING} when valid UTF-8, else
 {\"bytes\": BASE64}, as in ripgrep's JSON output. Text output escapes
 control characters and bytes that are not UTF-8 in queue names (\\n, \\e,
-\\xff, and \\\\ for a backslash).
-
-Examples:
+\\xff, and \\\\ for a backslash)."
+    };
+}
+macro_rules! examples_text {
+    () => {
+        "\
   mqtool create /jobs --capacity 100 --max-msg-len 256
   printf 'one\\ntwo\\n' | mqtool send /jobs        # two messages
   mqtool send /jobs -p 9 urgent
   mqtool recv /jobs --all -p                     # '9<TAB>urgent', ...
   mqtool info /jobs
   mqtool --json ls | jq .current_messages
-  mqtool watch /jobs";
+  mqtool watch /jobs"
+    };
+}
+
+const AFTER_LONG_HELP: &str = concat!(
+    names_text!(),
+    "\n\nExit status:\n",
+    exit_status_text!(),
+    "\n\n",
+    json_text!(),
+    "\n\nExamples:\n",
+    examples_text!()
+);
+
+/// How queues are named and where they live (man page: QUEUE NAMES).
+pub const NAMES_TEXT: &str = names_text!();
+/// The exit statuses (man page: EXIT STATUS).
+pub const EXIT_STATUS_TEXT: &str = exit_status_text!();
+/// The JSON Lines schema (man page: JSON OUTPUT).
+pub const JSON_TEXT: &str = json_text!();
+/// Examples (man page: EXAMPLES).
+pub const EXAMPLES_TEXT: &str = examples_text!();
 
 const JSON_HELP: &str = "\
 Print JSON Lines, one object per line (recv, peek, info, ls, watch, purge,
@@ -418,12 +452,22 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// Print the manual page (roff).
+/// Print the manual page (roff), or write every page to a directory.
+///
+/// mqtool(1) lists the subcommands as mqtool-SUBCOMMAND(1); --out-dir
+/// writes those pages too, ready for a man1 directory.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  mqtool man | man -l -\n  mqtool man send > mqtool-send.1")]
+#[command(after_help = "\
+Examples:
+  mqtool man | man -l -
+  mqtool man send | man -l -
+  mqtool man --out-dir /usr/local/share/man/man1   # mqtool.1, mqtool-send.1, ...")]
 pub struct ManArgs {
     /// A subcommand, for its own page (mqtool-SUBCOMMAND)
     pub subcommand: Option<String>,
+    /// Write mqtool.1 and every mqtool-SUBCOMMAND.1 into this directory
+    #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+    pub out_dir: Option<PathBuf>,
 }
 
 /// The longest duration accepted: about 31 years, so deadlines never

@@ -1344,3 +1344,47 @@ fn compound_durations() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("without a unit"), "{r:?}");
 }
+
+#[test]
+fn man_pages_have_the_usual_sections_and_every_page_they_name() {
+    let env = Env::new("man");
+    let man = env.ok(&["man"]);
+    for section in [
+        ".SH \"EXIT STATUS\"",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+        ".SH \"SEE ALSO\"",
+        ".SH \"JSON OUTPUT\"",
+    ] {
+        assert!(man.contains(section), "{section} missing");
+    }
+    assert!(!man.contains(".SH EXTRA"), "clap's catch-all section");
+    assert!(man.contains("SHMQ_DIR"));
+    let sub = env.ok(&["man", "send"]);
+    assert!(sub.contains(".SH \"EXIT STATUS\"") && sub.contains(".SH \"SEE ALSO\""));
+    assert!(sub.contains(".SH EXAMPLES") && !sub.contains(".SH EXTRA"));
+
+    let out = env.dir.join("man1");
+    std::fs::create_dir(&out).unwrap();
+    env.ok(&["man", "--out-dir", out.to_str().unwrap()]);
+    // Every mqtool-NAME(1) the main page refers to is written.
+    let written = std::fs::read_to_string(out.join("mqtool.1")).unwrap();
+    assert_eq!(written, man);
+    let mut referred = 0;
+    for word in man.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '\\')) {
+        let word = word.replace("\\-", "-");
+        if let Some(sub) = word.strip_prefix("mqtool-") {
+            if !sub.is_empty() {
+                referred += 1;
+                let page = out.join(format!("mqtool-{sub}.1"));
+                assert!(
+                    page.is_file(),
+                    "{} is referred to but not written",
+                    page.display()
+                );
+            }
+        }
+    }
+    assert!(referred >= 12, "{referred}");
+    assert!(!out.join("mqtool-help.1").exists());
+}

@@ -43,7 +43,7 @@ pub fn run(cli: Cli) -> Outcome {
         Command::Watch(a) => watch::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Completions(a) => completions::run(a),
-        Command::Man(a) => man::run(a),
+        Command::Man(a) => man::run(&ctx, a),
     }
 }
 
