@@ -77,7 +77,11 @@ JSON Lines (--json): one object per line, each with a \"type\":
                          repetitions, kernel_depth, note, msg_len,
                          baseline (kernel and ratio are null when the
                          kernel could not run the case; baseline is the
-                         empty-queue figure of the shmq-only cases)
+                         empty-queue figure of the shmq-only cases),
+                         ratio_min, ratio_max (over the repetitions),
+                         spread (largest / smallest repetition)
+  bench-summary (bench, last) cpus, loadavg_before, loadavg_after,
+                         warnings [STRING, ...] (a busy machine ...)
   error    (any, on standard error instead of the plain message)
                          subject (queue or file, or null), message, errno
                          (\"ENOENT\" ..., or null), status (the exit status)

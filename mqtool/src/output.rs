@@ -21,7 +21,8 @@
 //!   `"health"` has one shape wherever it appears (`info`, `ls`, `watch`):
 //!   `{"status":"ok"|"repaired"|"corrupted","repairs":N,"corrupted_slots":N}`.
 //! - `"purged"` ([`PurgedJson`], from `purge`)
-//! - `"bench"` ([`BenchJson`], from `bench`)
+//! - `"bench"` ([`BenchJson`], from `bench`), then one `"bench-summary"`
+//!   ([`BenchSummaryJson`])
 //!
 //! Payloads ([`Payload`]) follow ripgrep's JSON output: `{"text": STRING}`
 //! when the bytes are valid UTF-8, otherwise `{"bytes": BASE64}` (standard
@@ -316,6 +317,31 @@ pub struct BenchJson<'a> {
     /// Cases of shmq alone: the same measurement on an empty queue, in the
     /// same run (`shmq / baseline` is the slowdown); else `null`.
     pub baseline: Option<f64>,
+    /// The smallest and largest `ratio` (or slowdown, for shmq-alone
+    /// cases) over the repetitions, each shmq repetition against the run
+    /// next to it; `null` when there is nothing to compare with.
+    pub ratio_min: Option<f64>,
+    /// See `ratio_min`.
+    pub ratio_max: Option<f64>,
+    /// Largest over smallest figure among one peer's repetitions (the
+    /// wider of the two peers); above 2 the machine was probably busy.
+    pub spread: f64,
+}
+
+/// The last line of `bench`: the machine and what may have spoiled the run.
+#[derive(Debug, Serialize)]
+pub struct BenchSummaryJson {
+    /// Always `"bench-summary"`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// CPUs this process may use.
+    pub cpus: usize,
+    /// 1-minute load average before the run (`null` if unknown).
+    pub loadavg_before: Option<f64>,
+    /// 1-minute load average after the run.
+    pub loadavg_after: Option<f64>,
+    /// Why the figures may not be representative (empty when none).
+    pub warnings: Vec<String>,
 }
 
 /// Writes `value` as one line of JSON.

@@ -870,7 +870,7 @@ fn bench_quick_prints_the_table() {
         .iter()
         .position(|l| l.starts_with("CASE"))
         .expect("a table header");
-    for col in ["SHMQ", "KERNEL MQ", "SPEED-UP"] {
+    for col in ["SHMQ", "KERNEL MQ", "SPEED-UP", "RANGE"] {
         assert!(lines[header].contains(col), "{col} in {}", lines[header]);
     }
     let cases = [
@@ -935,7 +935,20 @@ fn bench_quick_prints_the_table() {
         "bench leaves no queue behind"
     );
 
-    let rows = env.json(&["--json", "bench", "--quick", "--quiet", "--reps", "1"]);
+    // Each kernel row shows the range of the speed-up beside its median.
+    for row in rows.iter().filter(|r| !r.ends_with('-')) {
+        let range = row.split_whitespace().last().unwrap();
+        let (lo, hi) = range.trim_end_matches('x').split_once('-').expect(range);
+        let (lo, hi): (f64, f64) = (lo.parse().unwrap(), hi.parse().unwrap());
+        assert!(lo <= hi, "{row}");
+    }
+
+    let mut rows = env.json(&["--json", "bench", "--quick", "--quiet", "--reps", "2"]);
+    let summary = rows.pop().unwrap();
+    assert_eq!(summary["type"], "bench-summary", "{summary}");
+    assert!(summary["cpus"].as_u64().unwrap() >= 1);
+    assert!(summary["warnings"].is_array());
+    assert!(summary["loadavg_before"].as_f64().is_some(), "{summary}");
     let cases: Vec<_> = rows.iter().map(|r| r["case"].as_str().unwrap()).collect();
     let all = [
         "pair",
@@ -982,6 +995,9 @@ fn bench_quick_prints_the_table() {
             assert!(row["kernel"].as_f64().unwrap() > 0.0, "{row}");
             assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row}");
             assert!(row["baseline"].is_null(), "{row}");
+            let (lo, hi) = (row["ratio_min"].as_f64(), row["ratio_max"].as_f64());
+            assert!(lo.unwrap() <= hi.unwrap(), "{row}");
+            assert!(row["spread"].as_f64().unwrap() >= 1.0, "{row}");
         }
     }
 }
