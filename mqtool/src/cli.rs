@@ -430,7 +430,7 @@ pub struct WatchArgs {
 /// so. RLIMIT_MSGQUEUE can also cap the kernel's depth.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  mqtool bench\n  mqtool bench --quick\n  mqtool --json bench --reps 9"
+    after_help = "Examples:\n  mqtool bench\n  mqtool bench --quick\n  mqtool bench --svg bench.svg\n  mqtool --json bench --reps 9"
 )]
 pub struct BenchArgs {
     /// A short run (about a second), for smoke tests
@@ -442,6 +442,10 @@ pub struct BenchArgs {
     /// Do not show progress on standard error
     #[arg(short, long)]
     pub quiet: bool,
+    /// Also draw latency and throughput against message size, shmq beside
+    /// the kernel's mq, as an SVG file
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
 /// Print a shell completion script.

@@ -863,8 +863,16 @@ fn watch_redraws_in_place_on_a_terminal() {
 #[test]
 fn bench_quick_prints_the_table() {
     let env = Env::new("bench");
-    let r = env.run(&["bench", "--quick"]);
+    let svg = env.dir.join("bench.svg");
+    let r = env.run(&["bench", "--quick", "--svg", svg.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{r:?}");
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    std::fs::remove_file(&svg).unwrap();
+    assert!(picture.starts_with("<svg ") && picture.trim_end().ends_with("</svg>"));
+    assert!(picture.contains("Latency") && picture.contains("Throughput"));
+    // Two panels, shmq in each at least.
+    assert!(picture.matches("<polyline").count() >= 2, "{picture}");
+    assert!(picture.contains("64 KiB") && picture.contains("16 B"));
     let lines: Vec<_> = r.stdout.lines().collect();
     let header = lines
         .iter()
@@ -874,7 +882,10 @@ fn bench_quick_prints_the_table() {
         assert!(lines[header].contains(col), "{col} in {}", lines[header]);
     }
     let cases = [
-        "pair",
+        "pair, 64 B",
+        "pair, 16 B",
+        "pair, 4 KiB",
+        "pair, 64 KiB",
         "ping-pong across CPUs, median",
         "ping-pong across CPUs, p99",
         "ping-pong on one CPU, median",
@@ -952,6 +963,9 @@ fn bench_quick_prints_the_table() {
     let cases: Vec<_> = rows.iter().map(|r| r["case"].as_str().unwrap()).collect();
     let all = [
         "pair",
+        "pair-16b",
+        "pair-4kib",
+        "pair-64kib",
         "pingpong",
         "pingpong-p99",
         "pingpong-1cpu",
@@ -984,7 +998,7 @@ fn bench_quick_prints_the_table() {
         assert_eq!(row["type"], "bench");
         assert!(row["shmq"].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["msg_len"].as_u64().unwrap() > 0, "{row}");
-        if row["case"].as_str().unwrap().starts_with("pair-") {
+        if !row["baseline"].is_null() {
             // shmq alone, against itself on an empty queue.
             assert!(row["baseline"].as_f64().unwrap() > 0.0, "{row}");
             assert!(row["kernel"].is_null() && row["ratio"].is_null(), "{row}");

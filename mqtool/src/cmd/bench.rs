@@ -10,6 +10,7 @@
 
 mod cpu;
 mod kernel;
+mod svg;
 
 use super::Ctx;
 use crate::cli::BenchArgs;
@@ -57,12 +58,12 @@ struct Measure {
     elapsed: Duration,
 }
 
-/// Send + receive in one thread, `iters` times: ns per pair.
-fn pair<Q: Endpoint>(q: &Q, iters: u64) -> io::Result<Measure> {
-    let mut buf = [0u8; SMALL];
+/// Send + receive of `msg` in one thread, `iters` times: ns per pair.
+fn pair<Q: Endpoint>(q: &Q, msg: &[u8], iters: u64) -> io::Result<Measure> {
+    let mut buf = vec![0u8; msg.len()];
     let t = Instant::now();
     for _ in 0..iters {
-        q.send(std::hint::black_box(&MSG))?;
+        q.send(std::hint::black_box(msg))?;
         std::hint::black_box(q.recv(&mut buf)?);
     }
     let elapsed = t.elapsed();
@@ -580,23 +581,30 @@ impl Bench {
         Ok((stats[0].clone(), stats.get(1).cloned()))
     }
 
-    /// The uncontended send+receive pair.
-    fn pair(&mut self) -> Result<(), Failure> {
-        let s = self.shmq_queue("pair", 10, SMALL)?;
-        let k = self.kernel_queue("pair", 10, SMALL)?;
+    /// The uncontended send+receive pair of `msg_len`-byte messages.
+    fn pair(&mut self, msg_len: usize) -> Result<(), Failure> {
+        let tag = format!("pair-{msg_len}");
+        let msg = vec![0x5au8; msg_len];
+        let s = self.shmq_queue(&tag, 10, msg_len)?;
+        let k = self.kernel_queue(&tag, 10, msg_len)?;
+        let description = format!("send+receive pair, {}, one thread", size(msg_len));
         let (sv, kv) = match &k.mq {
             Some(kq) => self.versus(
-                "send+receive pair",
-                &mut |n| pair(&s, n),
-                Some(&mut |n| pair(kq, n)),
+                &description,
+                &mut |n| pair(&s, &msg, n),
+                Some(&mut |n| pair(kq, &msg, n)),
             )?,
-            None => self.versus("send+receive pair", &mut |n| pair(&s, n), None)?,
+            None => self.versus(&description, &mut |n| pair(&s, &msg, n), None)?,
         };
         self.rows.push(Row {
-            case: "pair".into(),
-            description: format!("send+receive pair, {}, one thread", size(SMALL)),
+            case: if msg_len == SMALL {
+                "pair".into()
+            } else {
+                format!("pair-{}", size(msg_len).replace(' ', "").to_lowercase())
+            },
+            description,
             unit: Unit::Nanos,
-            msg_len: SMALL,
+            msg_len,
             shmq: sv.value,
             kernel: kv.as_ref().map(|k| k.value),
             baseline: None,
@@ -891,7 +899,10 @@ pub fn run(ctx: &Ctx, a: &BenchArgs) -> Outcome {
     };
     let cpus = cpu::allowed()
         .map_err(|e| Failure::plain(format!("bench: CPU affinity: {}", super::io_message(&e))))?;
-    b.pair()?;
+    b.pair(SMALL)?;
+    for len in [16, 4096, 65536] {
+        b.pair(len)?;
+    }
     b.ping_pong_across(&cpus)?;
     b.ping_pong_one_cpu(&cpus)?;
     for len in [SMALL, 16] {
@@ -907,6 +918,23 @@ pub fn run(ctx: &Ctx, a: &BenchArgs) -> Outcome {
     b.cost_vs_contents()?;
     b.plan.progress.done();
     b.load_after = loadavg();
+    if let Some(path) = &a.svg {
+        let subtitle = format!(
+            "medians of {} interleaved repetitions (bars: lowest to highest), {} CPU{}, load average {} before, {} after{}",
+            b.plan.reps,
+            b.cpus,
+            if b.cpus == 1 { "" } else { "s" },
+            b.load_before.map_or("?".into(), |l| format!("{l:.2}")),
+            b.load_after.map_or("?".into(), |l| format!("{l:.2}")),
+            if cfg!(debug_assertions) {
+                ", debug build"
+            } else {
+                ""
+            }
+        );
+        std::fs::write(path, svg::render(&b.rows, &subtitle, &b.warnings()))
+            .map_err(|e| Failure::new(path.display().to_string(), super::io_message(&e)))?;
+    }
     report(ctx, &b)?;
     Ok(Exit::Success)
 }
