@@ -99,6 +99,23 @@ fn panels(rows: &[Row]) -> [Panel; 2] {
     ]
 }
 
+/// `text` cut into lines of at most about `width` characters, at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split(' ') {
+        let line = lines.last_mut().expect("one line at least");
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(format!("  {word}"));
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
+}
+
 /// `&`, `<`, `>` and quotes for SVG text.
 fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -116,6 +133,10 @@ const LEFTS: [f64; 2] = [80.0, 580.0];
 /// The whole picture. `subtitle` describes the run; `warnings` are shown
 /// in red beneath.
 pub fn render(rows: &[Row], subtitle: &str, warnings: &[String]) -> String {
+    let warnings: Vec<String> = warnings
+        .iter()
+        .flat_map(|w| wrap(&format!("warning: {w}"), 150))
+        .collect();
     let height = TOP + PANEL_H + 70.0 + 18.0 * warnings.len() as f64;
     let mut s = String::new();
     let _ = writeln!(
@@ -151,7 +172,7 @@ pub fn render(rows: &[Row], subtitle: &str, warnings: &[String]) -> String {
     for (i, w) in warnings.iter().enumerate() {
         let _ = writeln!(
             s,
-            r##"<text x="20" y="{}" fill="#b00000">warning: {}</text>"##,
+            r##"<text x="20" y="{}" fill="#b00000">{}</text>"##,
             TOP + PANEL_H + 70.0 + 18.0 * i as f64,
             xml(w)
         );
@@ -312,6 +333,7 @@ mod tests {
         assert!(svg.starts_with("<svg ") && svg.ends_with("</svg>\n"));
         assert!(svg.contains("a &lt;test&gt; run"));
         assert!(svg.contains("warning: busy"));
+        assert_eq!(wrap("aa bb cc", 5), ["aa bb", "  cc"]);
         assert_eq!(svg.matches("<polyline").count(), 4);
         assert_eq!(svg.matches("<circle").count(), 3 + 2 + 1 + 1 + 2);
     }
