@@ -1158,7 +1158,7 @@ fn send_without_input_is_an_error_and_sends_nothing() {
         &["send", "/q"][..],
         &["send", "/q", "-"][..],
     ] {
-        let r = env.run_stdin(&[&args[..], &["-v"]].concat(), b"");
+        let r = env.run_stdin(&[args, &["-v"]].concat(), b"");
         assert_eq!(r.code, 2, "{args:?}: {r:?}");
         assert!(
             r.stderr.contains("no message on standard input"),
