@@ -17,6 +17,7 @@
 //! let peeked: Vec<_> = q.peek(None)?.into_iter().map(|m| m.priority).collect();
 //! assert_eq!(peeked, [7, 3]);
 //! assert_eq!(mq.attributes()?.current_messages, 2); // peek took nothing
+//! assert!(format!("{q:?}").contains("jobs")); // Debug shows the file
 //! # shmq::remove_queue_in(&dir, "/jobs")?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -160,6 +161,15 @@ const LOOK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 /// An open queue, for looking inside.
 pub struct Inspector {
     q: Queue,
+}
+
+/// Shows the queue file's path; a snapshot needs [`Inspector::info`].
+impl std::fmt::Debug for Inspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inspector")
+            .field("path", &self.path())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Inspector {
@@ -352,8 +362,12 @@ impl Inspector {
 /// An entry of [`list`]: a queue, or a file that looks like a damaged one.
 #[derive(Debug)]
 pub struct ListEntry {
-    /// Queue name, `/...`.
+    /// Queue name, `/...`, with any byte that is not UTF-8 replaced by
+    /// U+FFFD (see `name_bytes`).
     pub name: String,
+    /// Queue name as it is on disk, `/...`: names are bytes, not
+    /// necessarily UTF-8.
+    pub name_bytes: Vec<u8>,
     /// The snapshot, or why it could not be taken (a corrupted queue, a
     /// queue of another version, permission denied …).
     pub info: Result<QueueInfo>,
@@ -391,10 +405,11 @@ pub fn list(dir: Option<&Path>) -> Result<Vec<ListEntry>> {
         }
         out.push(ListEntry {
             name: String::from_utf8_lossy(&name).into_owned(),
+            name_bytes: name,
             info,
         });
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| a.name_bytes.cmp(&b.name_bytes));
     Ok(out)
 }
 

@@ -5,9 +5,11 @@
 //! Unlike the [`PosixMq`](crate::PosixMq) front door, blocking calls return
 //! `EINTR` when a signal handler interrupts them, as the C functions do.
 //!
+//! Every type in these signatures is re-exported here ([`MQ_OFlag`],
+//! [`MqAttr`], [`Mode`], [`TimeSpec`], [`SigEvent`], [`Errno`] …), so a
+//! program needs no `nix` dependency of its own.
+//!
 //! ```
-//! use nix::mqueue::{MQ_OFlag, MqAttr};
-//! use nix::sys::stat::Mode;
 //! use shmq::mqueue::*;
 //! # let dir = tempfile_dir();
 //! # fn tempfile_dir() -> std::path::PathBuf {
@@ -24,19 +26,19 @@
 //! assert_eq!((&buf[..n], prio), (&b"hello"[..], 7));
 //! mq_close(mq)?;
 //! mq_unlink("/doc-example")?;
-//! # Ok::<(), nix::errno::Errno>(())
+//! # Ok::<(), Errno>(())
 //! ```
 
 use crate::engine::{Handle, OpenRequest};
 use crate::notify::Notification;
 use nix::NixPath;
-use nix::errno::Errno;
-use nix::sys::signal::SigEvent;
-use nix::sys::stat::Mode;
-use nix::sys::time::TimeSpec;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
+pub use nix::errno::Errno;
 pub use nix::mqueue::{MQ_OFlag, MqAttr, mq_attr_member_t};
+pub use nix::sys::signal::{SigEvent, SigevNotify, Signal};
+pub use nix::sys::stat::Mode;
+pub use nix::sys::time::{TimeSpec, TimeValLike};
 
 /// Result type of this module: the error is the errno.
 pub type Result<T> = nix::Result<T>;

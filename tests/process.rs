@@ -3,9 +3,7 @@
 mod common;
 
 use common::{TestDir, child, child_dir, eventually, role, wait_ok};
-use nix::errno::Errno;
 use nix::sys::stat::Mode;
-use nix::sys::time::TimeSpec;
 use shmq::inspect::Inspector;
 use shmq::{OpenOptions, PosixMq};
 use std::io::ErrorKind;

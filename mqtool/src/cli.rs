@@ -25,25 +25,38 @@ Examples:
   mqtool --json ls | jq .current_messages
   mqtool watch /jobs";
 
-const AFTER_LONG_HELP: &str = "\
+// The parts of the long help, also the man page's sections (cmd::man).
+macro_rules! names_text {
+    () => {
+        "\
 Queue names are '/name' as for mq_open(3); the leading '/' may be left out.
 Queues live in --dir, else $SHMQ_DIR, else /dev/shm/shmq. The directory
 must be an absolute path, not a symbolic link, and no one but root and you
 may own it (or, without the sticky bit, write to it) or anything on the
-way; create makes a missing one (0700).
-
-Exit status:
+way; create makes a missing one (0700)."
+    };
+}
+macro_rules! exit_status_text {
+    () => {
+        "\
   0  success
   1  nothing happened: no message arrived (recv --nonblock on an empty
      queue, or --timeout expired), or send found the queue full
   2  error: bad arguments or name, missing queue, permission denied,
      message too long, not a queue ...
 
-A broken pipe on standard output ends quietly with status 0.
-
+A broken pipe on standard output ends quietly with status 0."
+    };
+}
+macro_rules! json_text {
+    () => {
+        "\
 JSON Lines (--json): one object per line, each with a \"type\":
   message  (recv, peek)  queue, priority, len, data
-  queue    (info, ls)    name, path, capacity, max_msg_len, current_messages,
+  queue    (info, ls)    name, name_bytes (the name's bytes in hex: exact
+                         when name, with U+FFFD for bytes that are not
+                         UTF-8, is not), path, capacity, max_msg_len,
+                         current_messages,
                          mode (\"0640\"), uid, gid,
                          per_priority [{priority, count}, ...] highest first,
                          blocked_senders, blocked_receivers, in_flight,
@@ -51,32 +64,65 @@ JSON Lines (--json): one object per line, each with a \"type\":
                          total_sent, total_received, file_size,
                          version (\"2.0\"), health {status (ok, repaired,
                          corrupted), repairs, corrupted_slots};
-                         a queue ls cannot read: name, path,
+                         a queue ls cannot read: name, name_bytes, path,
                          error {errno, message}
   sample   (watch)       queue, time (Unix seconds), elapsed,
                          current_messages, capacity, sent_per_sec,
                          received_per_sec (null in the first sample),
                          blocked_senders, blocked_receivers, total_sent,
-                         total_received, health
+                         total_received, health (as in queue)
   purged   (purge)       queue, messages
   bench    (bench)       case, description, unit (ns or msg/s), shmq,
                          kernel, ratio (above 1: shmq is faster),
                          repetitions, kernel_depth, note, msg_len,
                          baseline (kernel and ratio are null when the
                          kernel could not run the case; baseline is the
-                         empty-queue figure of the shmq-only cases)
+                         empty-queue figure of the shmq-only cases),
+                         ratio_min, ratio_max (over the repetitions),
+                         spread (largest / smallest repetition)
+  bench-summary (bench, last) cpus, loadavg_before, loadavg_after,
+                         warnings [STRING, ...] (a busy machine ...)
+  error    (any, on standard error instead of the plain message)
+                         subject (queue or file, or null), message, errno
+                         (\"ENOENT\" ..., or null), status (the exit status)
 
 Payloads (\"data\") are {\"text\": STRING} when valid UTF-8, else
-{\"bytes\": BASE64}, as in ripgrep's JSON output.
-
-Examples:
+{\"bytes\": BASE64}, as in ripgrep's JSON output. Text output escapes
+control characters and bytes that are not UTF-8 in queue names (\\n, \\e,
+\\xff, and \\\\ for a backslash)."
+    };
+}
+macro_rules! examples_text {
+    () => {
+        "\
   mqtool create /jobs --capacity 100 --max-msg-len 256
   printf 'one\\ntwo\\n' | mqtool send /jobs        # two messages
   mqtool send /jobs -p 9 urgent
   mqtool recv /jobs --all -p                     # '9<TAB>urgent', ...
   mqtool info /jobs
   mqtool --json ls | jq .current_messages
-  mqtool watch /jobs";
+  mqtool watch /jobs"
+    };
+}
+
+const AFTER_LONG_HELP: &str = concat!(
+    names_text!(),
+    "\n\nExit status:\n",
+    exit_status_text!(),
+    "\n\n",
+    json_text!(),
+    "\n\nExamples:\n",
+    examples_text!()
+);
+
+/// How queues are named and where they live (man page: QUEUE NAMES).
+pub const NAMES_TEXT: &str = names_text!();
+/// The exit statuses (man page: EXIT STATUS).
+pub const EXIT_STATUS_TEXT: &str = exit_status_text!();
+/// The JSON Lines schema (man page: JSON OUTPUT).
+pub const JSON_TEXT: &str = json_text!();
+/// Examples (man page: EXAMPLES).
+pub const EXAMPLES_TEXT: &str = examples_text!();
 
 const JSON_HELP: &str = "\
 Print JSON Lines, one object per line (recv, peek, info, ls, watch, purge,
@@ -148,12 +194,17 @@ Examples:
 pub struct CreateArgs {
     /// Queue name
     pub name: OsString,
-    /// Maximum number of messages in the queue [default: 10]
-    #[arg(short, long, value_name = "N")]
-    pub capacity: Option<usize>,
-    /// Maximum size of one message in bytes [default: 8192]
-    #[arg(short = 's', long, value_name = "BYTES")]
-    pub max_msg_len: Option<usize>,
+    /// Maximum number of messages in the queue, 1 to 4294967294 [default: 10]
+    #[arg(short, long, value_name = "N", allow_negative_numbers = true)]
+    pub capacity: Option<i64>,
+    /// Maximum size of one message in bytes, 1 or more [default: 8192]
+    ///
+    /// The queue file holds capacity x (max-msg-len + 48, rounded up to 64)
+    /// bytes plus a 140 KiB header, and its memory is reserved when it is
+    /// created: the room in the queue directory's file system is the
+    /// practical limit.
+    #[arg(short = 's', long, value_name = "BYTES", allow_negative_numbers = true)]
+    pub max_msg_len: Option<i64>,
     /// Permissions in octal, less the umask
     #[arg(short, long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
     pub mode: u32,
@@ -168,8 +219,8 @@ pub struct WaitArgs {
     /// Do not wait: fail at once (exit 1) if the queue is full (send) or empty (recv)
     #[arg(short, long, conflicts_with = "timeout")]
     pub nonblock: bool,
-    /// Wait at most this long for room or for a message (e.g. 2s, 100ms, 1m); exit 1 when it expires
-    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Wait at most this long for room or for a message (e.g. 2s, 100ms, 1m, 1h30m); exit 1 when it expires
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
 }
 
@@ -178,12 +229,15 @@ pub struct WaitArgs {
 /// With MESSAGE arguments each one is a message. Without (or with '-'),
 /// every line of standard input is a message, sent as soon as it is read,
 /// without its newline; --whole sends all of standard input as one message
-/// and --file the bytes of a file.
+/// and --file the bytes of a file. Standard input that ends at once (no
+/// byte at all) is an error and sends nothing; an empty message is sent
+/// with an empty argument ('').
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
   mqtool send /jobs hello                  # one message
   mqtool send /jobs -p 5 a b c             # three messages, priority 5
+  mqtool send /jobs ''                     # one empty message
   tail -f app.log | mqtool send /logs      # one message per line
   mqtool send /blobs --file image.png      # binary, as is
   mqtool send /jobs --timeout 2s job-42    # exit 1 if still full after 2s")]
@@ -194,8 +248,14 @@ pub struct SendArgs {
     #[arg(value_name = "MESSAGE")]
     pub messages: Vec<OsString>,
     /// Priority, 0 to 32767; higher priorities are received first
-    #[arg(short, long, value_name = "P", default_value_t = 0)]
-    pub priority: u32,
+    #[arg(
+        short,
+        long,
+        value_name = "P",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub priority: i64,
     #[command(flatten)]
     pub wait: WaitArgs,
     /// Send all of standard input as one message
@@ -215,6 +275,10 @@ pub enum Format {
     Hex,
     /// One JSON object per line (as --json)
     Json,
+    /// The payload byte for byte, nothing added: one message only (--count
+    /// 1, the default), so that `mqtool recv /q --format raw > file` gives
+    /// back exactly what was sent
+    Raw,
 }
 
 /// Receive messages: highest priority first, oldest first within a
@@ -230,21 +294,23 @@ Examples:
   mqtool recv /jobs --all -p               # drain, with priorities
   mqtool recv /jobs -c 10 --timeout 5s     # up to 10, each within 5s
   mqtool recv /jobs --nonblock || echo empty
-  mqtool recv /blobs --format hex")]
+  mqtool recv /blobs --format hex
+  mqtool recv /blobs --format raw > image.png   # one message, byte for byte")]
 pub struct RecvArgs {
     /// Queue name
     pub name: OsString,
     /// Number of messages to receive [default: 1]
-    #[arg(short, long, value_name = "N", conflicts_with = "all", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short, long, value_name = "N", conflicts_with = "all", value_parser = parse_count, allow_negative_numbers = true)]
     pub count: Option<u64>,
     /// Receive every queued message, then stop
     #[arg(short, long)]
     pub all: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    /// Output format [default: text]; --json is --format json, and the two
+    /// cannot be combined
+    #[arg(long, value_enum, conflicts_with = "json")]
+    pub format: Option<Format>,
     /// Print the priority before each message, then a tab
     #[arg(short, long)]
     pub priority: bool,
@@ -259,12 +325,13 @@ Examples:
 pub struct PeekArgs {
     /// Queue name
     pub name: OsString,
-    /// Show at most N messages
-    #[arg(short, long, value_name = "N")]
-    pub count: Option<usize>,
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    /// Show at most N messages, 1 or more [default: all]
+    #[arg(short, long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
+    pub count: Option<u64>,
+    /// Output format [default: text]; --json is --format json, and the two
+    /// cannot be combined
+    #[arg(long, value_enum, conflicts_with = "json")]
+    pub format: Option<Format>,
     /// Print the priority before each message, then a tab
     #[arg(short, long)]
     pub priority: bool,
@@ -334,10 +401,10 @@ pub struct WatchArgs {
     /// Queue name
     pub name: OsString,
     /// Time between samples
-    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval, allow_hyphen_values = true)]
     pub interval: Duration,
     /// Stop after N samples
-    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short, long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     pub count: Option<u64>,
 }
 
@@ -363,7 +430,7 @@ pub struct WatchArgs {
 /// so. RLIMIT_MSGQUEUE can also cap the kernel's depth.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  mqtool bench\n  mqtool bench --quick\n  mqtool --json bench --reps 9"
+    after_help = "Examples:\n  mqtool bench\n  mqtool bench --quick\n  mqtool bench --svg bench.svg\n  mqtool --json bench --reps 9"
 )]
 pub struct BenchArgs {
     /// A short run (about a second), for smoke tests
@@ -375,6 +442,10 @@ pub struct BenchArgs {
     /// Do not show progress on standard error
     #[arg(short, long)]
     pub quiet: bool,
+    /// Also draw latency and throughput against message size, shmq beside
+    /// the kernel's mq, as an SVG file
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
 /// Print a shell completion script.
@@ -389,44 +460,80 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// Print the manual page (roff).
+/// Print the manual page (roff), or write every page to a directory.
+///
+/// mqtool(1) lists the subcommands as mqtool-SUBCOMMAND(1); --out-dir
+/// writes those pages too, ready for a man1 directory.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  mqtool man | man -l -\n  mqtool man send > mqtool-send.1")]
+#[command(after_help = "\
+Examples:
+  mqtool man | man -l -
+  mqtool man send | man -l -
+  mqtool man --out-dir /usr/local/share/man/man1   # mqtool.1, mqtool-send.1, ...")]
 pub struct ManArgs {
     /// A subcommand, for its own page (mqtool-SUBCOMMAND)
     pub subcommand: Option<String>,
+    /// Write mqtool.1 and every mqtool-SUBCOMMAND.1 into this directory
+    #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+    pub out_dir: Option<PathBuf>,
 }
 
 /// The longest duration accepted: about 31 years, so deadlines never
 /// overflow.
 const MAX_DURATION: Duration = Duration::from_secs(1 << 30);
 
-/// Parses `2s`, `100ms`, `1.5s`, `250us`, `10ns`, `1m`, `1h`; a bare number
-/// is seconds.
+/// Parses `2s`, `100ms`, `1.5s`, `250us`, `10ns`, `1m`, `1h`, and compound
+/// durations such as `1h30m` or `1m 30s` (humantime style: each number with
+/// its unit, summed); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = match num.parse() {
-        Ok(v) if num.chars().next().is_some_and(|c| c.is_ascii_digit()) => v,
-        _ => return Err(format!("'{s}' is not a duration such as 2s, 100ms or 1.5m")),
-    };
-    let scale = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 1e-3,
-        "us" | "µs" => 1e-6,
-        "ns" => 1e-9,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        u => {
-            return Err(format!(
-                "unknown unit '{u}' in '{s}' (use ns, us, ms, s, m or h)"
-            ));
-        }
-    };
-    let secs = value * scale;
+    if s.starts_with('-') {
+        return Err(format!("'{s}' is negative: a duration is 0 or more"));
+    }
+    let bad = || format!("'{s}' is not a duration such as 2s, 100ms, 1.5m or 1h30m");
+    let mut rest = s;
+    let mut secs = 0.0;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(split);
+        let value: f64 = match num.parse() {
+            Ok(v) if num.starts_with(|c: char| c.is_ascii_digit()) => v,
+            _ => return Err(bad()),
+        };
+        let tail = tail.trim_start();
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let (unit, after) = tail.split_at(unit_len);
+        let scale = match unit {
+            "" if parts == 0 && after.is_empty() => 1.0,
+            "" => {
+                return Err(format!(
+                    "'{s}': a number without a unit (use ns, us, ms, s, m or h)"
+                ));
+            }
+            "s" | "sec" | "secs" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            "m" | "min" | "mins" => 60.0,
+            "h" => 3600.0,
+            u => {
+                return Err(format!(
+                    "unknown unit '{u}' in '{s}' (use ns, us, ms, s, m or h)"
+                ));
+            }
+        };
+        secs += value * scale;
+        parts += 1;
+        rest = after.trim_start();
+    }
+    if parts == 0 {
+        return Err(bad());
+    }
     if !secs.is_finite() || secs > MAX_DURATION.as_secs_f64() {
         return Err(format!("'{s}' is too long"));
     }
@@ -439,6 +546,16 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err("the interval must be at least 1ms".into());
     }
     Ok(d)
+}
+
+/// Parses a count of 1 or more (`--count`); a negative one is out of range,
+/// not an option.
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<i128>() {
+        Ok(n) if (1..=i128::from(u64::MAX)).contains(&n) => Ok(n as u64),
+        Ok(_) => Err(format!("{s} is out of range: a count is 1 or more")),
+        Err(_) => Err(format!("'{s}' is not a number")),
+    }
 }
 
 /// Parses an octal mode: `640`, `0640`, `0o640`.
@@ -477,6 +594,14 @@ mod tests {
         assert!(parse_duration("1e30").is_err());
         assert!(parse_duration("99999999999h").is_err());
         assert!(parse_interval("0").is_err());
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2s500ms"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("1 h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("1h30").is_err());
+        assert!(parse_duration("1h x").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
     }
 
     #[test]
@@ -499,5 +624,6 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["mqtool", "send", "/q", "--whole", "x"]).is_err());
         assert!(Cli::try_parse_from(["mqtool", "recv", "/q", "--count", "0"]).is_err());
+        assert!(Cli::try_parse_from(["mqtool", "peek", "/q", "--count", "0"]).is_err());
     }
 }

@@ -8,6 +8,14 @@
 //!
 //! A broken pipe on standard output is not an error: the reader went away,
 //! so `mqtool` stops quietly with status 0, as `head` expects.
+//!
+//! Errors go to standard error, as `mqtool: SUBJECT: MESSAGE (ERRNO)`; with
+//! `--json`, as one JSON object on one line there instead (standard output
+//! keeps only data):
+//! `{"type":"error","subject":"/jobs","message":"no such queue in /dev/shm/shmq (ENOENT)","errno":"ENOENT","status":2}`
+//! (`subject` and `errno` are `null` when there is none). Usage errors
+//! found by the argument parser are reported the same way when `--json` is
+//! on the command line.
 
 use nix::errno::Errno;
 use std::fmt;
@@ -99,20 +107,58 @@ impl Failure {
         self
     }
 
-    /// The exit status, after printing the message to standard error.
-    pub fn report(&self) -> Exit {
-        match self {
-            Failure::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => Exit::Success,
-            Failure::Output(e) => {
-                eprintln!("mqtool: standard output: {}", describe_io(e));
-                Exit::Error
-            }
-            Failure::Message { status, .. } => {
-                eprintln!("mqtool: {self}");
-                *status
-            }
+    /// The exit status, after printing the message to standard error (as
+    /// a JSON object with `json`).
+    pub fn report(&self, json: bool) -> Exit {
+        let (status, subject, message) = match self {
+            Failure::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => return Exit::Success,
+            Failure::Output(e) => (Exit::Error, Some("standard output"), describe_io(e)),
+            Failure::Message {
+                status,
+                subject,
+                message,
+            } => (*status, subject.as_deref(), message.clone()),
+        };
+        if json {
+            eprintln!("{}", error_json(subject, &message, status));
+        } else {
+            eprintln!("mqtool: {self}");
         }
+        status
     }
+}
+
+/// An error as one line of JSON: `{"type":"error","subject":…,"message":…,
+/// "errno":…,"status":…}`; `errno` is the name that ends `message` in
+/// parentheses, if any.
+pub fn error_json(subject: Option<&str>, message: &str, status: Exit) -> String {
+    let errno = message
+        .strip_suffix(')')
+        .and_then(|m| m.rsplit_once('('))
+        .map(|(_, e)| e)
+        .filter(|e| {
+            e.len() > 1
+                && e.starts_with('E')
+                && e.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        });
+    #[derive(serde::Serialize)]
+    struct ErrorLine<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        subject: Option<&'a str>,
+        message: &'a str,
+        errno: Option<&'a str>,
+        status: u8,
+    }
+    serde_json::to_string(&ErrorLine {
+        kind: "error",
+        subject,
+        message,
+        errno,
+        status: status.code(),
+    })
+    .expect("strings and numbers serialize")
 }
 
 impl fmt::Display for Failure {
@@ -188,9 +234,24 @@ mod tests {
     #[test]
     fn broken_pipe_is_quiet_success() {
         let f = Failure::Output(io::Error::from(io::ErrorKind::BrokenPipe));
-        assert_eq!(f.report(), Exit::Success);
+        assert_eq!(f.report(false), Exit::Success);
+        assert_eq!(f.report(true), Exit::Success);
         let f = Failure::Output(io::Error::from_raw_os_error(libc::EIO));
-        assert_eq!(f.report(), Exit::Error);
+        assert_eq!(f.report(false), Exit::Error);
+    }
+
+    #[test]
+    fn json_errors() {
+        let j = error_json(Some("/q"), "no such queue (ENOENT)", Exit::Error);
+        assert_eq!(
+            j,
+            r#"{"type":"error","subject":"/q","message":"no such queue (ENOENT)","errno":"ENOENT","status":2}"#
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&error_json(None, "bad (thing)", Exit::Nothing)).unwrap();
+        assert_eq!(j["errno"], serde_json::Value::Null);
+        assert_eq!(j["subject"], serde_json::Value::Null);
+        assert_eq!(j["status"], 1);
     }
 
     #[test]

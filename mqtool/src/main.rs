@@ -18,9 +18,22 @@ fn main() -> ExitCode {
         eprintln!("mqtool: internal error: {info}");
         std::process::exit(2);
     }));
-    let cli = cli::Cli::parse();
+    let json_asked = std::env::args_os().skip(1).any(|a| a == "--json");
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if json_asked && e.use_stderr() => {
+            // A usage error: the first line of clap's message, as JSON.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("usage error");
+            let message = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("{}", exit::error_json(None, message, exit::Exit::Error));
+            return exit::Exit::Error.into();
+        }
+        Err(e) => e.exit(),
+    };
+    let json = cli.json;
     match cmd::run(cli) {
         Ok(status) => status.into(),
-        Err(failure) => failure.report().into(),
+        Err(failure) => failure.report(json).into(),
     }
 }

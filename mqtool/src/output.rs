@@ -9,11 +9,20 @@
 //!   `{"type":"message","queue":"/jobs","priority":7,"len":5,"data":{"text":"hello"}}`
 //! - `"queue"` ([`QueueJson`] from `info` and `ls`, or [`QueueErrorJson`]
 //!   from `ls` for a queue that cannot be read):
-//!   `{"type":"queue","name":"/jobs","path":"/dev/shm/shmq/jobs","capacity":10,"max_msg_len":8192,"current_messages":2,"mode":"0600","uid":0,"gid":0,"per_priority":[{"priority":7,"count":1},{"priority":3,"count":1}],"blocked_senders":0,"blocked_receivers":0,"in_flight":0,"notify":null,"total_sent":2,"total_received":0,"file_size":86016,"version":"2.0","health":{"status":"ok","repairs":0,"corrupted_slots":0}}`
-//!   or `{"type":"queue","name":"/bad","path":"…","error":{"errno":"EBADMSG","message":"…"}}`
+//!   `{"type":"queue","name":"/jobs","name_bytes":"2f6a6f6273","path":"/dev/shm/shmq/jobs","capacity":10,"max_msg_len":8192,"current_messages":2,"mode":"0600","uid":0,"gid":0,"per_priority":[{"priority":7,"count":1},{"priority":3,"count":1}],"blocked_senders":0,"blocked_receivers":0,"in_flight":0,"notify":null,"total_sent":2,"total_received":0,"file_size":86016,"version":"2.0","health":{"status":"ok","repairs":0,"corrupted_slots":0}}`
+//!   or `{"type":"queue","name":"/bad","name_bytes":"2f626164","path":"…","error":{"errno":"EBADMSG","message":"…"}}`
+//!
+//!   Queue names are bytes: `name` is them as UTF-8, with U+FFFD for any
+//!   byte that is not, and `name_bytes` is every byte in lowercase hex, to
+//!   get the exact name back. Text output escapes names instead (see
+//!   [`escape`]).
 //! - `"sample"` ([`SampleJson`], from `watch`)
+//!
+//!   `"health"` has one shape wherever it appears (`info`, `ls`, `watch`):
+//!   `{"status":"ok"|"repaired"|"corrupted","repairs":N,"corrupted_slots":N}`.
 //! - `"purged"` ([`PurgedJson`], from `purge`)
-//! - `"bench"` ([`BenchJson`], from `bench`)
+//! - `"bench"` ([`BenchJson`], from `bench`), then one `"bench-summary"`
+//!   ([`BenchSummaryJson`])
 //!
 //! Payloads ([`Payload`]) follow ripgrep's JSON output: `{"text": STRING}`
 //! when the bytes are valid UTF-8, otherwise `{"bytes": BASE64}` (standard
@@ -101,15 +110,34 @@ pub struct HealthJson {
     pub corrupted_slots: u32,
 }
 
+impl HealthJson {
+    /// The one shape of `"health"`, in `info`, `ls` and `watch` alike.
+    pub fn new(h: shmq::inspect::Health) -> HealthJson {
+        use shmq::inspect::Health;
+        let (repairs, corrupted_slots) = match h {
+            Health::Ok => (0, 0),
+            Health::Repaired { repairs } => (repairs, 0),
+            Health::Damaged { repairs, damage } => (repairs, damage),
+        };
+        HealthJson {
+            status: h.as_str(),
+            repairs,
+            corrupted_slots,
+        }
+    }
+}
+
 /// A queue (`info`, `ls`).
 #[derive(Debug, Serialize)]
 pub struct QueueJson {
     /// Always `"queue"`.
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// Queue name, `/…`.
+    /// Queue name, `/…`; bytes that are not UTF-8 become U+FFFD.
     pub name: String,
-    /// Path of the queue file.
+    /// The name's bytes in lowercase hex, exact even when `name` is not.
+    pub name_bytes: String,
+    /// Path of the queue file (not UTF-8: as `name`).
     pub path: String,
     /// Maximum number of messages (`mq_maxmsg`).
     pub capacity: u64,
@@ -147,17 +175,13 @@ pub struct QueueJson {
 }
 
 impl QueueJson {
-    /// Converts the library's snapshot.
-    pub fn new(i: &shmq::inspect::QueueInfo) -> QueueJson {
-        use shmq::inspect::Health;
-        let (repairs, corrupted_slots) = match i.health {
-            Health::Ok => (0, 0),
-            Health::Repaired { repairs } => (repairs, 0),
-            Health::Damaged { repairs, damage } => (repairs, damage),
-        };
+    /// Converts the library's snapshot of the queue named `name` (bytes,
+    /// `/…`).
+    pub fn new(name: &[u8], i: &shmq::inspect::QueueInfo) -> QueueJson {
         QueueJson {
             kind: "queue",
-            name: i.name.clone(),
+            name: String::from_utf8_lossy(name).into_owned(),
+            name_bytes: hex(name),
             path: i.path.display().to_string(),
             capacity: i.capacity,
             max_msg_len: i.max_msg_len,
@@ -182,11 +206,7 @@ impl QueueJson {
             total_received: i.total_received,
             file_size: i.file_size,
             version: format!("{}.{}", i.version.0, i.version.1),
-            health: HealthJson {
-                status: i.health.as_str(),
-                repairs,
-                corrupted_slots,
-            },
+            health: HealthJson::new(i.health),
         }
     }
 }
@@ -207,8 +227,10 @@ pub struct QueueErrorJson {
     /// Always `"queue"`.
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// Queue name.
+    /// Queue name (as in [`QueueJson`]).
     pub name: String,
+    /// The name's bytes in lowercase hex.
+    pub name_bytes: String,
     /// Path of the file.
     pub path: String,
     /// What went wrong.
@@ -245,8 +267,8 @@ pub struct SampleJson<'a> {
     pub total_sent: u64,
     /// Messages received since creation.
     pub total_received: u64,
-    /// Health status (`"ok"`, `"repaired"`, `"corrupted"`).
-    pub health: &'static str,
+    /// Repair history, as in [`QueueJson`].
+    pub health: HealthJson,
 }
 
 /// Result of `purge`.
@@ -295,6 +317,31 @@ pub struct BenchJson<'a> {
     /// Cases of shmq alone: the same measurement on an empty queue, in the
     /// same run (`shmq / baseline` is the slowdown); else `null`.
     pub baseline: Option<f64>,
+    /// The smallest and largest `ratio` (or slowdown, for shmq-alone
+    /// cases) over the repetitions, each shmq repetition against the run
+    /// next to it; `null` when there is nothing to compare with.
+    pub ratio_min: Option<f64>,
+    /// See `ratio_min`.
+    pub ratio_max: Option<f64>,
+    /// Largest over smallest figure among one peer's repetitions (the
+    /// wider of the two peers); above 2 the machine was probably busy.
+    pub spread: f64,
+}
+
+/// The last line of `bench`: the machine and what may have spoiled the run.
+#[derive(Debug, Serialize)]
+pub struct BenchSummaryJson {
+    /// Always `"bench-summary"`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// CPUs this process may use.
+    pub cpus: usize,
+    /// 1-minute load average before the run (`null` if unknown).
+    pub loadavg_before: Option<f64>,
+    /// 1-minute load average after the run.
+    pub loadavg_after: Option<f64>,
+    /// Why the figures may not be representative (empty when none).
+    pub warnings: Vec<String>,
 }
 
 /// Writes `value` as one line of JSON.
@@ -318,7 +365,7 @@ pub struct MessagePrinter<'a, W: Write> {
 impl<W: Write> MessagePrinter<'_, W> {
     /// Prints one message.
     pub fn print(&mut self, priority: u32, data: &[u8]) -> io::Result<()> {
-        if self.format != Format::Json && self.priority {
+        if matches!(self.format, Format::Text | Format::Hex) && self.priority {
             write!(self.out, "{priority}\t")?;
         }
         match self.format {
@@ -326,6 +373,7 @@ impl<W: Write> MessagePrinter<'_, W> {
                 self.out.write_all(data)?;
                 self.out.write_all(b"\n")
             }
+            Format::Raw => self.out.write_all(data),
             Format::Hex => {
                 self.out.write_all(hex(data).as_bytes())?;
                 self.out.write_all(b"\n")
@@ -347,6 +395,61 @@ impl<W: Write> MessagePrinter<'_, W> {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+/// `bytes` made safe to print on a terminal, one line, reversibly:
+/// control characters become `\n`, `\t`, `\r`, `\e` or `\xHH`, bytes
+/// that are not UTF-8 `\xHH`, and `\` itself `\\`; everything else is
+/// left as it is.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => s.push_str("\\\\"),
+                '\n' => s.push_str("\\n"),
+                '\t' => s.push_str("\\t"),
+                '\r' => s.push_str("\\r"),
+                '\x1b' => s.push_str("\\e"),
+                c if c.is_control() => {
+                    let mut buf = [0; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        s.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+                c => s.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    s
+}
+
+/// Checks that `--format raw` is asked for one message (`count`), without
+/// `--priority`: raw payloads have no framing.
+pub fn check_raw(
+    format: Format,
+    count: Option<u64>,
+    all: bool,
+    priority: bool,
+) -> Result<(), crate::exit::Failure> {
+    if format != Format::Raw {
+        return Ok(());
+    }
+    if all || count.is_some_and(|n| n != 1) {
+        return Err(crate::exit::Failure::plain(
+            "--format raw prints exactly one message, byte for byte: ask for one with \
+             --count 1; for several, use --format hex or --json",
+        ));
+    }
+    if priority {
+        return Err(crate::exit::Failure::plain(
+            "--format raw prints the payload alone: --priority cannot be added (use --json)",
+        ));
+    }
+    Ok(())
 }
 
 /// Lowercase hex.
@@ -545,6 +648,14 @@ mod tests {
             s,
             "7\thi\n0\t01ab\n{\"type\":\"message\",\"queue\":\"/q\",\"priority\":3,\"len\":3,\"data\":{\"text\":\"x\\ny\"}}\n"
         );
+    }
+
+    #[test]
+    fn escapes_control_and_invalid_bytes() {
+        assert_eq!(escape(b"/jobs-\xc3\xa9"), "/jobs-\u{e9}");
+        assert_eq!(escape(b"/a\nb\tc\x1b[31m\x7f"), "/a\\nb\\tc\\e[31m\\x7f");
+        assert_eq!(escape(b"/\xff\\"), "/\\xff\\\\");
+        assert_eq!(escape("/\u{85}".as_bytes()), "/\\xc2\\x85");
     }
 
     #[test]

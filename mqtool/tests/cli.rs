@@ -863,18 +863,29 @@ fn watch_redraws_in_place_on_a_terminal() {
 #[test]
 fn bench_quick_prints_the_table() {
     let env = Env::new("bench");
-    let r = env.run(&["bench", "--quick"]);
+    let svg = env.dir.join("bench.svg");
+    let r = env.run(&["bench", "--quick", "--svg", svg.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{r:?}");
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    std::fs::remove_file(&svg).unwrap();
+    assert!(picture.starts_with("<svg ") && picture.trim_end().ends_with("</svg>"));
+    assert!(picture.contains("Latency") && picture.contains("Throughput"));
+    // Two panels, shmq in each at least.
+    assert!(picture.matches("<polyline").count() >= 2, "{picture}");
+    assert!(picture.contains("64 KiB") && picture.contains("16 B"));
     let lines: Vec<_> = r.stdout.lines().collect();
     let header = lines
         .iter()
         .position(|l| l.starts_with("CASE"))
         .expect("a table header");
-    for col in ["SHMQ", "KERNEL MQ", "SPEED-UP"] {
+    for col in ["SHMQ", "KERNEL MQ", "SPEED-UP", "RANGE"] {
         assert!(lines[header].contains(col), "{col} in {}", lines[header]);
     }
     let cases = [
-        "pair",
+        "pair, 64 B",
+        "pair, 16 B",
+        "pair, 4 KiB",
+        "pair, 64 KiB",
         "ping-pong across CPUs, median",
         "ping-pong across CPUs, p99",
         "ping-pong on one CPU, median",
@@ -935,10 +946,26 @@ fn bench_quick_prints_the_table() {
         "bench leaves no queue behind"
     );
 
-    let rows = env.json(&["--json", "bench", "--quick", "--quiet", "--reps", "1"]);
+    // Each kernel row shows the range of the speed-up beside its median.
+    for row in rows.iter().filter(|r| !r.ends_with('-')) {
+        let range = row.split_whitespace().last().unwrap();
+        let (lo, hi) = range.trim_end_matches('x').split_once('-').expect(range);
+        let (lo, hi): (f64, f64) = (lo.parse().unwrap(), hi.parse().unwrap());
+        assert!(lo <= hi, "{row}");
+    }
+
+    let mut rows = env.json(&["--json", "bench", "--quick", "--quiet", "--reps", "2"]);
+    let summary = rows.pop().unwrap();
+    assert_eq!(summary["type"], "bench-summary", "{summary}");
+    assert!(summary["cpus"].as_u64().unwrap() >= 1);
+    assert!(summary["warnings"].is_array());
+    assert!(summary["loadavg_before"].as_f64().is_some(), "{summary}");
     let cases: Vec<_> = rows.iter().map(|r| r["case"].as_str().unwrap()).collect();
     let all = [
         "pair",
+        "pair-16b",
+        "pair-4kib",
+        "pair-64kib",
         "pingpong",
         "pingpong-p99",
         "pingpong-1cpu",
@@ -971,7 +998,7 @@ fn bench_quick_prints_the_table() {
         assert_eq!(row["type"], "bench");
         assert!(row["shmq"].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["msg_len"].as_u64().unwrap() > 0, "{row}");
-        if row["case"].as_str().unwrap().starts_with("pair-") {
+        if !row["baseline"].is_null() {
             // shmq alone, against itself on an empty queue.
             assert!(row["baseline"].as_f64().unwrap() > 0.0, "{row}");
             assert!(row["kernel"].is_null() && row["ratio"].is_null(), "{row}");
@@ -982,6 +1009,9 @@ fn bench_quick_prints_the_table() {
             assert!(row["kernel"].as_f64().unwrap() > 0.0, "{row}");
             assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row}");
             assert!(row["baseline"].is_null(), "{row}");
+            let (lo, hi) = (row["ratio_min"].as_f64(), row["ratio_max"].as_f64());
+            assert!(lo.unwrap() <= hi.unwrap(), "{row}");
+            assert!(row["spread"].as_f64().unwrap() >= 1.0, "{row}");
         }
     }
 }
@@ -1059,4 +1089,332 @@ impl Run {
         assert_eq!(self.code, 2, "{self:?}");
         assert!(self.stderr.starts_with("mqtool: "), "{self:?}");
     }
+}
+
+/// `mqtool ARGS` where some arguments are raw bytes (names that are not
+/// UTF-8).
+fn run_os(env: &Env, args: &[&[u8]]) -> Run {
+    use std::os::unix::ffi::OsStrExt;
+    let mut c = env.cmd(&[]);
+    c.args(args.iter().map(|a| std::ffi::OsStr::from_bytes(a)));
+    Run::from(c.stdin(Stdio::null()).output().unwrap())
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn ls_escapes_names_and_json_keeps_their_bytes() {
+    let env = Env::new("ls-escape");
+    let evil: &[u8] = b"/a\x1b[31mred\nsecond line";
+    let binary: &[u8] = b"/bin\xff\xfe";
+    for name in [evil, binary] {
+        let r = run_os(&env, &[b"create", name]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    env.ok(&["create", "/plain"]);
+
+    let table = env.ok(&["ls"]);
+    assert!(!table.contains('\x1b'), "raw escape sequence: {table:?}");
+    let lines: Vec<_> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "one line per queue: {table:?}");
+    assert!(table.contains("/a\\e[31mred\\nsecond line"), "{table:?}");
+    assert!(table.contains("/bin\\xff\\xfe"), "{table:?}");
+
+    let info = run_os(&env, &[b"info", evil]);
+    assert_eq!(info.code, 0, "{info:?}");
+    assert!(!info.stdout.contains('\x1b') && info.stdout.contains("\\e[31m"));
+
+    let rows = env.json(&["--json", "ls"]);
+    assert_eq!(rows.len(), 3);
+    let mut got: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|r| unhex(r["name_bytes"].as_str().unwrap()))
+        .collect();
+    got.sort();
+    let mut want = vec![evil.to_vec(), binary.to_vec(), b"/plain".to_vec()];
+    want.sort();
+    assert_eq!(got, want);
+    let bin_row = rows
+        .iter()
+        .find(|r| r["name_bytes"] == "2f62696efffe")
+        .unwrap();
+    assert_eq!(bin_row["name"], "/bin\u{fffd}\u{fffd}");
+    // The exact bytes work as a name again.
+    let r = run_os(&env, &[b"unlink", &unhex("2f62696efffe")]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn send_without_input_is_an_error_and_sends_nothing() {
+    let env = Env::new("no-input");
+    env.ok(&["create", "/q"]);
+    for args in [
+        &["send", "/q", "--whole"][..],
+        &["send", "/q"][..],
+        &["send", "/q", "-"][..],
+    ] {
+        let r = env.run_stdin(&[args, &["-v"]].concat(), b"");
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains("no message on standard input"),
+            "{args:?}: {r:?}"
+        );
+        assert!(!r.stderr.contains("sent 1"), "{r:?}");
+        // A closed standard input, not an empty pipe.
+        let r = env.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+    }
+    assert_eq!(env.info("/q")["current_messages"], 0);
+    // An empty message is asked for explicitly.
+    env.ok(&["send", "/q", ""]);
+    let m = env.json(&["--json", "recv", "/q", "--nonblock"]);
+    assert_eq!(m[0]["len"], 0);
+    // One empty line is one empty message.
+    let r = env.run_stdin(&["send", "/q"], b"\n");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(env.info("/q")["current_messages"], 1);
+}
+
+#[test]
+fn negative_numbers_get_the_range_not_a_dash_tip() {
+    let env = Env::new("negative");
+    env.ok(&["create", "/q"]);
+    env.run(&["send", "/q", "--priority", "-1", "x"])
+        .assert_error("/q", "EINVAL");
+    let r = env.run(&["send", "/q", "-p", "-1", "x"]);
+    assert!(r.stderr.contains("0 to 32767"), "{r:?}");
+    for (args, want) in [
+        (&["send", "/q", "--timeout", "-1s", "x"][..], "negative"),
+        (&["recv", "/q", "--timeout", "-1s"][..], "negative"),
+        (&["recv", "/q", "--count", "-1"][..], "1 or more"),
+        (&["peek", "/q", "--count", "-1"][..], "1 or more"),
+        (&["watch", "/q", "--count", "-1"][..], "1 or more"),
+        (&["watch", "/q", "--interval", "-1s"][..], "negative"),
+    ] {
+        let r = env.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(want), "{args:?}: {r:?}");
+        assert!(!r.stderr.contains("-- -1"), "{args:?}: {r:?}");
+    }
+    env.run(&["create", "/neg", "--capacity", "-1"])
+        .assert_error("/neg", "EINVAL");
+    env.run(&["create", "/neg", "--max-msg-len", "-1"])
+        .assert_error("/neg", "EINVAL");
+    assert_eq!(env.info("/q")["current_messages"], 0);
+}
+
+#[test]
+fn peek_and_recv_agree_on_count() {
+    let env = Env::new("peek-count");
+    env.ok(&["create", "/q"]);
+    env.ok(&["send", "/q", "a", "b", "c"]);
+    for cmd in ["peek", "recv"] {
+        let r = env.run(&[cmd, "/q", "--count", "0"]);
+        assert_eq!(r.code, 2, "{cmd}: {r:?}");
+        assert!(r.stderr.contains("1 or more"), "{cmd}: {r:?}");
+    }
+    assert_eq!(env.ok(&["peek", "/q", "--count", "2"]), "a\nb\n");
+    assert_eq!(env.ok(&["recv", "/q", "--count", "2"]), "a\nb\n");
+}
+
+#[test]
+fn capacity_limit_is_stated_and_checked() {
+    let env = Env::new("capacity");
+    let help = env.ok(&["create", "--help"]);
+    assert!(help.contains("1 to 4294967294"), "{help}");
+    assert!(!help.contains("9223372036854775807"), "{help}");
+    let r = env.run(&["create", "/big", "--capacity", "1000000000000"]);
+    r.assert_error("/big", "EOVERFLOW");
+    assert!(r.stderr.contains("limit of 4294967294"), "{r:?}");
+    let r = env.run(&[
+        "create",
+        "/big",
+        "--capacity",
+        "4294967294",
+        "--max-msg-len",
+        "9000000000000000",
+    ]);
+    r.assert_error("/big", "EOVERFLOW");
+    assert!(r.stderr.contains("8 EiB"), "{r:?}");
+    assert!(!env.dir.join("big").exists());
+}
+
+/// `mqtool ARGS` with its standard output as raw bytes.
+fn stdout_bytes(env: &Env, args: &[&str]) -> (i32, Vec<u8>) {
+    let o = env.cmd(args).stdin(Stdio::null()).output().unwrap();
+    (o.status.code().unwrap_or(-1), o.stdout)
+}
+
+#[test]
+fn raw_format_is_byte_exact_and_one_message() {
+    let env = Env::new("raw");
+    env.ok(&["create", "/q"]);
+    let payload: Vec<u8> = (0..=255u8).chain(*b"no newline at the end").collect();
+    let file = env.dir.join("payload.bin");
+    std::fs::write(&file, &payload).unwrap();
+    env.ok(&["send", "/q", "--file", file.to_str().unwrap()]);
+    env.ok(&["send", "/q", "second"]);
+
+    assert_eq!(
+        stdout_bytes(&env, &["peek", "/q", "--count", "1", "--format", "raw"]),
+        (0, payload.clone())
+    );
+    assert_eq!(
+        stdout_bytes(&env, &["recv", "/q", "--format", "raw"]),
+        (0, payload)
+    );
+    for args in [
+        &["recv", "/q", "--format", "raw", "--all"][..],
+        &["recv", "/q", "--format", "raw", "--count", "2"][..],
+        &["recv", "/q", "--format", "raw", "-p"][..],
+        &["peek", "/q", "--format", "raw"][..],
+    ] {
+        let r = env.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("raw"), "{args:?}: {r:?}");
+        assert_eq!(r.stdout, "", "{args:?}");
+    }
+    // Nothing was taken by the refused commands.
+    assert_eq!(env.info("/q")["current_messages"], 1);
+    // The text format adds the newline, as documented.
+    assert_eq!(
+        stdout_bytes(&env, &["recv", "/q"]),
+        (0, b"second\n".to_vec())
+    );
+}
+
+#[test]
+fn json_and_format_conflict() {
+    let env = Env::new("json-format");
+    env.ok(&["create", "/q"]);
+    env.ok(&["send", "/q", "x"]);
+    for args in [
+        &["--json", "recv", "/q", "--format", "hex"][..],
+        &["recv", "/q", "--format", "hex", "--json"][..],
+        &["--json", "peek", "/q", "--format", "text"][..],
+        &["peek", "/q", "--json", "--format", "hex"][..],
+    ] {
+        let r = env.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains("--json") && r.stderr.contains("--format"),
+            "{args:?}: {r:?}"
+        );
+        assert_eq!(r.stdout, "", "{args:?}");
+    }
+    assert_eq!(env.info("/q")["current_messages"], 1);
+    assert_eq!(env.ok(&["peek", "/q", "--format", "hex"]), "78\n");
+}
+
+#[test]
+fn health_has_one_shape_everywhere() {
+    let env = Env::new("health");
+    env.ok(&["create", "/h"]);
+    let info = env.info("/h")["health"].clone();
+    let ls = env.json(&["--json", "ls"])[0]["health"].clone();
+    let watch = env.json(&["--json", "watch", "/h", "-c", "1"])[0]["health"].clone();
+    let want = serde_json::json!({"status": "ok", "repairs": 0, "corrupted_slots": 0});
+    assert_eq!(info, want);
+    assert_eq!(ls, want);
+    assert_eq!(watch, want);
+}
+
+#[test]
+fn errors_are_json_with_json() {
+    let env = Env::new("json-errors");
+    let parse = |r: &Run| -> Value {
+        assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+        serde_json::from_str(r.stderr.trim_end()).unwrap_or_else(|e| panic!("{e}: {r:?}"))
+    };
+    let r = env.run(&["--json", "info", "/missing"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stdout, "");
+    let j = parse(&r);
+    assert_eq!(j["type"], "error");
+    assert_eq!(j["subject"], "/missing");
+    assert_eq!(j["errno"], "ENOENT");
+    assert_eq!(j["status"], 2);
+    assert!(j["message"].as_str().unwrap().contains("no such queue"));
+
+    // Exit 1 (full queue) and usage errors too.
+    env.ok(&["create", "/one", "--capacity", "1"]);
+    env.ok(&["send", "/one", "x"]);
+    let j = parse(&env.run(&["send", "/one", "--nonblock", "y", "--json"]));
+    assert_eq!(
+        (j["errno"].as_str(), j["status"].as_u64()),
+        (Some("EAGAIN"), Some(1))
+    );
+    let r = env.run(&["--json", "recv", "/one", "--bogus"]);
+    assert_eq!(r.code, 2);
+    let j = parse(&r);
+    assert_eq!(j["type"], "error");
+    assert!(j["message"].as_str().unwrap().contains("--bogus"), "{j}");
+
+    // Without --json: the plain line.
+    let r = env.run(&["info", "/missing"]);
+    assert!(r.stderr.starts_with("mqtool: /missing: "), "{r:?}");
+}
+
+#[test]
+fn compound_durations() {
+    let env = Env::new("durations");
+    env.ok(&["create", "/q"]);
+    env.ok(&["send", "/q", "--timeout", "1h30m", "x"]);
+    assert_eq!(env.ok(&["recv", "/q", "--timeout", "1m 30s"]), "x\n");
+    let start = Instant::now();
+    let r = env.run(&["recv", "/q", "--timeout", "0m0s50ms"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(start.elapsed() >= Duration::from_millis(45));
+    let r = env.run(&["recv", "/q", "--timeout", "1h30"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("without a unit"), "{r:?}");
+}
+
+#[test]
+fn man_pages_have_the_usual_sections_and_every_page_they_name() {
+    let env = Env::new("man");
+    let man = env.ok(&["man"]);
+    for section in [
+        ".SH \"EXIT STATUS\"",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+        ".SH \"SEE ALSO\"",
+        ".SH \"JSON OUTPUT\"",
+    ] {
+        assert!(man.contains(section), "{section} missing");
+    }
+    assert!(!man.contains(".SH EXTRA"), "clap's catch-all section");
+    assert!(man.contains("SHMQ_DIR"));
+    let sub = env.ok(&["man", "send"]);
+    assert!(sub.contains(".SH \"EXIT STATUS\"") && sub.contains(".SH \"SEE ALSO\""));
+    assert!(sub.contains(".SH EXAMPLES") && !sub.contains(".SH EXTRA"));
+
+    let out = env.dir.join("man1");
+    std::fs::create_dir(&out).unwrap();
+    env.ok(&["man", "--out-dir", out.to_str().unwrap()]);
+    // Every mqtool-NAME(1) the main page refers to is written.
+    let written = std::fs::read_to_string(out.join("mqtool.1")).unwrap();
+    assert_eq!(written, man);
+    let mut referred = 0;
+    for word in man.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '\\')) {
+        let word = word.replace("\\-", "-");
+        if let Some(sub) = word.strip_prefix("mqtool-") {
+            if !sub.is_empty() {
+                referred += 1;
+                let page = out.join(format!("mqtool-{sub}.1"));
+                assert!(
+                    page.is_file(),
+                    "{} is referred to but not written",
+                    page.display()
+                );
+            }
+        }
+    }
+    assert!(referred >= 12, "{referred}");
+    assert!(!out.join("mqtool-help.1").exists());
 }

@@ -57,14 +57,52 @@ pub fn child_dir() -> PathBuf {
     PathBuf::from(std::env::var(DIR).expect("child without a directory"))
 }
 
+thread_local! {
+    /// The output files of the children this test (thread) started.
+    static CHILD_LOGS: std::cell::RefCell<Vec<(String, PathBuf)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A command re-running this test binary as `role` of test `test`.
+///
+/// The child's standard output and error (its own test harness lines
+/// included) go to a file in `dir`, not to the parent's output, where they
+/// would interleave with the other tests'; [`wait_ok`] prints them when
+/// the child fails, and [`print_child_output`] on demand. A caller may
+/// still take the child's standard output as a pipe.
 pub fn child(test: &str, role: &str, dir: &Path) -> Command {
+    static N: AtomicU32 = AtomicU32::new(0);
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(ROLE, role)
         .env(DIR, dir)
         .stdin(Stdio::null());
+    // Hidden, and not a queue: queue listings leave it out.
+    let log = dir.join(format!(
+        ".child-{role}-{}.log",
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    match std::fs::File::create(&log).and_then(|f| Ok((f.try_clone()?, f))) {
+        Ok((out, err)) => {
+            c.stdout(out).stderr(err);
+            CHILD_LOGS.with(|l| l.borrow_mut().push((role.to_string(), log)));
+        }
+        Err(_) => {
+            c.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
     c
+}
+
+/// Prints (to the test's captured output) what the children this test
+/// started wrote, to explain a failure.
+pub fn print_child_output() {
+    CHILD_LOGS.with(|l| {
+        for (role, path) in l.borrow().iter() {
+            let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({e})"));
+            println!("---- child {role} ({}) ----\n{text}", path.display());
+        }
+    });
 }
 
 /// Waits for `child` to exit, failing the test after `limit` (a watchdog
@@ -73,11 +111,16 @@ pub fn wait_ok(child: &mut Child, limit: Duration) {
     let start = Instant::now();
     loop {
         if let Some(st) = child.try_wait().unwrap() {
-            assert!(st.success(), "child failed: {st}");
+            if !st.success() {
+                print_child_output();
+                panic!("child failed: {st}");
+            }
             return;
         }
         if start.elapsed() > limit {
             let _ = child.kill();
+            let _ = child.wait();
+            print_child_output();
             panic!("child did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(5));

@@ -15,6 +15,9 @@
 # through the compatibility header (-include shmq_compat.h, -lshmq) and run
 # without any preload.
 #
+# Every suite runs with SHMQ_DIR set to a private directory of its own under
+# /dev/shm (else $TMPDIR or /tmp), removed when the suite ends.
+#
 # Prints "thirdparty <suite>: N passed, N failed[, N skipped]" per suite, then
 # "thirdparty all: ..." and exits non-zero if anything failed.
 #
@@ -604,15 +607,27 @@ suite_openposix() {
 }
 
 # ----------------------------------------------------------------------- main
+# Each suite gets a private queue directory (SHMQ_DIR), removed when it ends,
+# so that no run leaves queues in, or meets queues from, the default
+# /dev/shm/shmq.
+QDIR=
+remove_qdir() { [ -n "$QDIR" ] && rm -rf -- "$QDIR"; QDIR=; }
+trap remove_qdir EXIT
 for suite in "${SUITES[@]}"; do
     case $suite in
-        posix_ipc) suite_posix_ipc ;;
-        posixmq)   suite_posixmq ;;
-        glibc)     suite_glibc ;;
-        openposix) suite_openposix ;;
+        posix_ipc|posixmq|glibc|openposix) ;;
         *) echo "unknown suite: $suite (posix_ipc, posixmq, glibc, openposix)" >&2; exit 2 ;;
     esac
+    base=/dev/shm
+    [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
+    QDIR=$(mktemp -d "$base/shmq-thirdparty-$suite.XXXXXX") || exit 2
+    chmod 1777 "$QDIR"  # as the default directory: test programs may switch users
+    export SHMQ_DIR=$QDIR
+    note "$suite: queue directory $QDIR"
+    "suite_$suite"
+    remove_qdir
 done
+unset SHMQ_DIR
 line="thirdparty all: $TOTAL_P passed, $TOTAL_F failed"
 [ $TOTAL_S -gt 0 ] && line="$line, $TOTAL_S skipped"
 echo "$line"

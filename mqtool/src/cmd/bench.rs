@@ -10,6 +10,7 @@
 
 mod cpu;
 mod kernel;
+mod svg;
 
 use super::Ctx;
 use crate::cli::BenchArgs;
@@ -57,12 +58,12 @@ struct Measure {
     elapsed: Duration,
 }
 
-/// Send + receive in one thread, `iters` times: ns per pair.
-fn pair<Q: Endpoint>(q: &Q, iters: u64) -> io::Result<Measure> {
-    let mut buf = [0u8; SMALL];
+/// Send + receive of `msg` in one thread, `iters` times: ns per pair.
+fn pair<Q: Endpoint>(q: &Q, msg: &[u8], iters: u64) -> io::Result<Measure> {
+    let mut buf = vec![0u8; msg.len()];
     let t = Instant::now();
     for _ in 0..iters {
-        q.send(std::hint::black_box(&MSG))?;
+        q.send(std::hint::black_box(msg))?;
         std::hint::black_box(q.recv(&mut buf)?);
     }
     let elapsed = t.elapsed();
@@ -306,11 +307,14 @@ impl Progress {
 /// iterations.
 type Peer<'a> = (&'a str, &'a mut dyn FnMut(u64) -> io::Result<Measure>);
 
-/// Medians over the repetitions of one peer.
-#[derive(Clone, Copy)]
+/// Medians over the repetitions of one peer, and every repetition's figure
+/// (in repetition order, so that peers' repetitions pair up).
+#[derive(Clone)]
 struct Stat {
     value: f64,
     p99: f64,
+    values: Vec<f64>,
+    p99s: Vec<f64>,
 }
 
 /// Settings of a run.
@@ -365,11 +369,13 @@ impl Plan {
             }
         }
         Ok(values
-            .iter_mut()
-            .zip(&mut p99s)
+            .into_iter()
+            .zip(p99s)
             .map(|(v, p)| Stat {
-                value: median(v),
-                p99: median(p),
+                value: median(&mut v.clone()),
+                p99: median(&mut p.clone()),
+                values: v,
+                p99s: p,
             })
             .collect())
     }
@@ -386,8 +392,49 @@ struct Row {
     kernel: Option<f64>,
     /// shmq-only cases: the same measurement on an empty queue.
     baseline: Option<f64>,
+    /// Every repetition's figure, for shmq and for the kernel or the
+    /// baseline (whichever the row compares with).
+    shmq_reps: Vec<f64>,
+    other_reps: Vec<f64>,
     kernel_depth: Option<i64>,
     notes: Vec<String>,
+}
+
+impl Row {
+    /// The smallest and largest ratio over the repetitions (each shmq
+    /// repetition against the kernel's or the baseline's run next to it):
+    /// how far the median ratio can be trusted.
+    fn ratio_range(&self) -> Option<(f64, f64)> {
+        if self.kernel.is_none() && self.baseline.is_none() {
+            return None;
+        }
+        let ratios: Vec<f64> = self
+            .shmq_reps
+            .iter()
+            .zip(&self.other_reps)
+            .map(|(&s, &o)| match self.baseline {
+                Some(_) => s / o,
+                None => self.unit.ratio(s, o),
+            })
+            .filter(|r| r.is_finite())
+            .collect();
+        let min = ratios.iter().copied().reduce(f64::min)?;
+        let max = ratios.iter().copied().reduce(f64::max)?;
+        Some((min, max))
+    }
+
+    /// The widest spread (largest over smallest figure) of one peer's
+    /// repetitions.
+    fn spread(&self) -> f64 {
+        [&self.shmq_reps, &self.other_reps]
+            .into_iter()
+            .filter_map(|v| {
+                let min = v.iter().copied().reduce(f64::min)?;
+                let max = v.iter().copied().reduce(f64::max)?;
+                (min > 0.0).then(|| max / min)
+            })
+            .fold(1.0, f64::max)
+    }
 }
 
 /// A kernel queue for a case, or why there is none.
@@ -405,6 +452,73 @@ struct Bench {
     rows: Vec<Row>,
     /// Remarks on the run as a whole (e.g. a case that could not run).
     notes: Vec<String>,
+    /// CPUs this process may use.
+    cpus: usize,
+    /// The 1-minute load average before and after the run.
+    load_before: Option<f64>,
+    load_after: Option<f64>,
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Repetitions of one peer further apart than this (largest over smallest)
+/// mean the machine was busy.
+const MAX_SPREAD: f64 = 2.0;
+
+impl Bench {
+    /// Why the figures may not be what this machine gives when idle.
+    fn warnings(&self) -> Vec<String> {
+        warnings(&self.rows, self.cpus, self.load_before, self.load_after)
+    }
+}
+
+/// Why figures may not be what an idle machine gives: a load average above
+/// the CPU count before or after the run, or a case whose repetitions
+/// differ by more than [`MAX_SPREAD`].
+fn warnings(
+    rows: &[Row],
+    cpus: usize,
+    load_before: Option<f64>,
+    load_after: Option<f64>,
+) -> Vec<String> {
+    let mut w = Vec::new();
+    let busy: Vec<String> = [("before", load_before), ("after", load_after)]
+        .into_iter()
+        .filter_map(|(when, l)| {
+            l.filter(|&l| l > cpus as f64)
+                .map(|l| format!("{l:.2} {when}"))
+        })
+        .collect();
+    if !busy.is_empty() {
+        w.push(format!(
+            "the machine was busy: load average {} the run, above its {} CPU{}; \
+             figures and ratios are not those of an idle machine",
+            busy.join(", "),
+            cpus,
+            if cpus == 1 { "" } else { "s" }
+        ));
+    }
+    let noisy: Vec<&str> = rows
+        .iter()
+        .filter(|r| !r.case.ends_with("-p99") && r.spread() > MAX_SPREAD)
+        .map(|r| r.case.as_str())
+        .collect();
+    if !noisy.is_empty() {
+        w.push(format!(
+            "repetitions differed by more than {MAX_SPREAD}x in {}: something else was \
+             running; read the ranges, or run again on a quiet machine",
+            noisy.join(", ")
+        ));
+    }
+    w
 }
 
 impl Bench {
@@ -464,29 +578,38 @@ impl Bench {
             peers.push(("kernel mq", k));
         }
         let stats = self.plan.run(label, &mut peers)?;
-        Ok((stats[0], stats.get(1).copied()))
+        Ok((stats[0].clone(), stats.get(1).cloned()))
     }
 
-    /// The uncontended send+receive pair.
-    fn pair(&mut self) -> Result<(), Failure> {
-        let s = self.shmq_queue("pair", 10, SMALL)?;
-        let k = self.kernel_queue("pair", 10, SMALL)?;
+    /// The uncontended send+receive pair of `msg_len`-byte messages.
+    fn pair(&mut self, msg_len: usize) -> Result<(), Failure> {
+        let tag = format!("pair-{msg_len}");
+        let msg = vec![0x5au8; msg_len];
+        let s = self.shmq_queue(&tag, 10, msg_len)?;
+        let k = self.kernel_queue(&tag, 10, msg_len)?;
+        let description = format!("send+receive pair, {}, one thread", size(msg_len));
         let (sv, kv) = match &k.mq {
             Some(kq) => self.versus(
-                "send+receive pair",
-                &mut |n| pair(&s, n),
-                Some(&mut |n| pair(kq, n)),
+                &description,
+                &mut |n| pair(&s, &msg, n),
+                Some(&mut |n| pair(kq, &msg, n)),
             )?,
-            None => self.versus("send+receive pair", &mut |n| pair(&s, n), None)?,
+            None => self.versus(&description, &mut |n| pair(&s, &msg, n), None)?,
         };
         self.rows.push(Row {
-            case: "pair".into(),
-            description: format!("send+receive pair, {}, one thread", size(SMALL)),
+            case: if msg_len == SMALL {
+                "pair".into()
+            } else {
+                format!("pair-{}", size(msg_len).replace(' ', "").to_lowercase())
+            },
+            description,
             unit: Unit::Nanos,
-            msg_len: SMALL,
+            msg_len,
             shmq: sv.value,
-            kernel: kv.map(|k| k.value),
+            kernel: kv.as_ref().map(|k| k.value),
             baseline: None,
+            shmq_reps: sv.values,
+            other_reps: kv.map(|k| k.values).unwrap_or_default(),
             kernel_depth: None,
             notes: k.notes,
         });
@@ -575,12 +698,18 @@ impl Bench {
         let stats = self.plan.run(label, &mut peers)?;
         drop(peers);
         drop(pinned);
-        let kernel = with_kernel.then(|| stats[stats.len() - 1]);
+        let kernel = with_kernel.then(|| stats[stats.len() - 1].clone());
         let mut notes = [kp.notes, kq.notes].concat();
         notes.push(format!(
             "ping-pong on one CPU: both threads pinned to cpu{a}, the shmq queue opened after pinning"
         ));
-        self.push_ping_pong("pingpong-1cpu", label, stats[0], kernel, &notes);
+        self.push_ping_pong(
+            "pingpong-1cpu",
+            label,
+            stats[0].clone(),
+            kernel.clone(),
+            &notes,
+        );
         if early.is_some() {
             notes.pop();
             notes.push(format!(
@@ -589,7 +718,7 @@ impl Bench {
             self.push_ping_pong(
                 "pingpong-1cpu-late",
                 "ping-pong on one CPU, late pinning",
-                stats[1],
+                stats[1].clone(),
                 kernel,
                 &notes,
             );
@@ -606,9 +735,23 @@ impl Bench {
         kernel: Option<Stat>,
         notes: &[String],
     ) {
-        for (suffix, what, s, k) in [
-            ("", "median", shmq.value, kernel.map(|k| k.value)),
-            ("-p99", "p99", shmq.p99, kernel.map(|k| k.p99)),
+        for (suffix, what, s, k, s_reps, k_reps) in [
+            (
+                "",
+                "median",
+                shmq.value,
+                kernel.as_ref().map(|k| k.value),
+                &shmq.values,
+                kernel.as_ref().map(|k| &k.values),
+            ),
+            (
+                "-p99",
+                "p99",
+                shmq.p99,
+                kernel.as_ref().map(|k| k.p99),
+                &shmq.p99s,
+                kernel.as_ref().map(|k| &k.p99s),
+            ),
         ] {
             self.rows.push(Row {
                 case: format!("{case}{suffix}"),
@@ -618,6 +761,8 @@ impl Bench {
                 shmq: s,
                 kernel: k,
                 baseline: None,
+                shmq_reps: s_reps.clone(),
+                other_reps: k_reps.cloned().unwrap_or_default(),
                 kernel_depth: None,
                 notes: notes.to_vec(),
             });
@@ -662,8 +807,10 @@ impl Bench {
             unit: Unit::PerSec,
             msg_len,
             shmq: sv.value,
-            kernel: kv.map(|k| k.value),
+            kernel: kv.as_ref().map(|k| k.value),
             baseline: None,
+            shmq_reps: sv.values,
+            other_reps: kv.map(|k| k.values).unwrap_or_default(),
             kernel_depth: k.mq.is_some().then_some(k.depth),
             notes: k.notes,
         });
@@ -702,12 +849,12 @@ impl Bench {
             (
                 "pair-100000-queued",
                 "send+receive pair, 100,000 messages queued",
-                stats[1],
+                &stats[1],
             ),
             (
                 "pair-32768-priorities",
                 "send+receive pair, 32,768 distinct priorities",
-                stats[2],
+                &stats[2],
             ),
         ] {
             self.rows.push(Row {
@@ -718,6 +865,8 @@ impl Bench {
                 shmq: stat.value,
                 kernel: None,
                 baseline: Some(stats[0].value),
+                shmq_reps: stat.values.clone(),
+                other_reps: stats[0].values.clone(),
                 kernel_depth: None,
                 notes: Vec::new(),
             });
@@ -744,10 +893,16 @@ pub fn run(ctx: &Ctx, a: &BenchArgs) -> Outcome {
         },
         rows: Vec::new(),
         notes: Vec::new(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_before: loadavg(),
+        load_after: None,
     };
     let cpus = cpu::allowed()
         .map_err(|e| Failure::plain(format!("bench: CPU affinity: {}", super::io_message(&e))))?;
-    b.pair()?;
+    b.pair(SMALL)?;
+    for len in [16, 4096, 65536] {
+        b.pair(len)?;
+    }
     b.ping_pong_across(&cpus)?;
     b.ping_pong_one_cpu(&cpus)?;
     for len in [SMALL, 16] {
@@ -762,14 +917,37 @@ pub fn run(ctx: &Ctx, a: &BenchArgs) -> Outcome {
     b.stream(4, SMALL, 10)?;
     b.cost_vs_contents()?;
     b.plan.progress.done();
+    b.load_after = loadavg();
+    if let Some(path) = &a.svg {
+        let subtitle = format!(
+            "medians of {} interleaved repetitions (bars: lowest to highest), {} CPU{}, load average {} before, {} after{}",
+            b.plan.reps,
+            b.cpus,
+            if b.cpus == 1 { "" } else { "s" },
+            b.load_before.map_or("?".into(), |l| format!("{l:.2}")),
+            b.load_after.map_or("?".into(), |l| format!("{l:.2}")),
+            if cfg!(debug_assertions) {
+                ", debug build"
+            } else {
+                ""
+            }
+        );
+        std::fs::write(path, svg::render(&b.rows, &subtitle, &b.warnings()))
+            .map_err(|e| Failure::new(path.display().to_string(), super::io_message(&e)))?;
+    }
     report(ctx, &b)?;
     Ok(Exit::Success)
 }
 
 fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
     let mut out = io::stdout().lock();
+    let warnings = b.warnings();
     if ctx.json {
+        for w in &warnings {
+            eprintln!("mqtool bench: warning: {w}");
+        }
         for r in &b.rows {
+            let range = r.ratio_range();
             json_line(
                 &mut out,
                 &BenchJson {
@@ -785,12 +963,25 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
                     note: (!r.notes.is_empty()).then(|| r.notes.join("; ")),
                     msg_len: r.msg_len,
                     baseline: r.baseline,
+                    ratio_min: range.map(|r| r.0),
+                    ratio_max: range.map(|r| r.1),
+                    spread: r.spread(),
                 },
             )?;
         }
+        json_line(
+            &mut out,
+            &output::BenchSummaryJson {
+                kind: "bench-summary",
+                cpus: b.cpus,
+                loadavg_before: b.load_before,
+                loadavg_after: b.load_after,
+                warnings,
+            },
+        )?;
         return out.flush();
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = b.cpus;
     writeln!(
         out,
         "shmq vs the kernel's mq, medians of {} interleaved repetitions, {cpus} CPU{}",
@@ -814,17 +1005,19 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
                 r.unit.show(r.shmq, r.msg_len),
                 kernel,
                 ratio,
+                range_text(r),
             ]
         })
         .collect();
     output::table(
         &mut out,
-        &["CASE", ">SHMQ", ">KERNEL MQ", ">SPEED-UP"],
+        &["CASE", ">SHMQ", ">KERNEL MQ", ">SPEED-UP", ">RANGE"],
         &versus,
     )?;
     writeln!(
         out,
-        "(speed-up: how many times faster shmq is than the kernel's mq)"
+        "(speed-up: how many times faster shmq is than the kernel's mq, median;\n \
+         range: the lowest and highest speed-up over the repetitions)"
     )?;
     let alone: Vec<Vec<String>> = b
         .rows
@@ -836,6 +1029,7 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
                 r.unit.show(r.shmq, r.msg_len),
                 r.unit.show(base, r.msg_len),
                 format!("{}x", output::sig3(r.shmq / base)),
+                range_text(r),
             ])
         })
         .collect();
@@ -847,7 +1041,7 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
         )?;
         output::table(
             &mut out,
-            &["CASE", ">SHMQ", ">EMPTY QUEUE", ">SLOWDOWN"],
+            &["CASE", ">SHMQ", ">EMPTY QUEUE", ">SLOWDOWN", ">RANGE"],
             &alone,
         )?;
         writeln!(
@@ -871,5 +1065,74 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
             "note: this mqtool is a debug build; its shmq figures are not representative"
         )?;
     }
+    for w in &warnings {
+        writeln!(out, "warning: {w}")?;
+    }
     out.flush()
+}
+
+/// `0.95-1.30x`: the ratio's range over the repetitions.
+fn range_text(r: &Row) -> String {
+    match r.ratio_range() {
+        Some((lo, hi)) => format!("{}-{}x", output::sig3(lo), output::sig3(hi)),
+        None => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(case: &str, unit: Unit, shmq: &[f64], kernel: &[f64]) -> Row {
+        Row {
+            case: case.into(),
+            description: case.into(),
+            unit,
+            msg_len: SMALL,
+            shmq: median(&mut shmq.to_vec()),
+            kernel: (!kernel.is_empty()).then(|| median(&mut kernel.to_vec())),
+            baseline: None,
+            shmq_reps: shmq.to_vec(),
+            other_reps: kernel.to_vec(),
+            kernel_depth: None,
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ratio_range_pairs_repetitions() {
+        // Times: the kernel over shmq, repetition by repetition.
+        let r = row(
+            "pair",
+            Unit::Nanos,
+            &[10.0, 20.0, 10.0],
+            &[100.0, 100.0, 300.0],
+        );
+        assert_eq!(r.ratio_range(), Some((5.0, 30.0)));
+        assert_eq!(r.spread(), 3.0);
+        // Rates: shmq over the kernel.
+        let r = row("stream-10", Unit::PerSec, &[2e6, 4e6], &[1e6, 1e6]);
+        assert_eq!(r.ratio_range(), Some((2.0, 4.0)));
+        assert_eq!(row("x", Unit::Nanos, &[1.0], &[]).ratio_range(), None);
+    }
+
+    #[test]
+    fn busy_machines_are_flagged() {
+        let quiet = [row("pair", Unit::Nanos, &[10.0, 11.0], &[100.0, 120.0])];
+        assert!(warnings(&quiet, 2, Some(0.3), Some(1.9)).is_empty());
+        let w = warnings(&quiet, 2, Some(0.3), Some(3.5));
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("busy") && w[0].contains("3.50 after"),
+            "{w:?}"
+        );
+        let noisy = [
+            row("stream-10", Unit::PerSec, &[1e6, 3e6], &[1e6, 1e6]),
+            // A p99's spread is its nature, not a sign of load.
+            row("pingpong-p99", Unit::Nanos, &[1e3, 9e3], &[1e4, 1e4]),
+        ];
+        let w = warnings(&noisy, 2, None, None);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("stream-10") && !w[0].contains("p99"), "{w:?}");
+    }
 }

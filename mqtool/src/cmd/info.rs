@@ -6,6 +6,7 @@ use crate::exit::{Exit, Outcome};
 use crate::output::{self, QueueJson, json_line};
 use shmq::inspect::{Health, QueueInfo};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 
 pub fn run(ctx: &Ctx, a: &InfoArgs) -> Outcome {
     let name = queue_name(&a.name)?;
@@ -15,16 +16,16 @@ pub fn run(ctx: &Ctx, a: &InfoArgs) -> Outcome {
         .map_err(|e| ctx.inspect_error(&name, e))?;
     let mut out = io::stdout().lock();
     if ctx.json {
-        json_line(&mut out, &QueueJson::new(&info))?;
+        json_line(&mut out, &QueueJson::new(name.bytes(), &info))?;
     } else {
-        out.write_all(human(&info).as_bytes())?;
+        out.write_all(human(name.bytes(), &info).as_bytes())?;
     }
     out.flush()?;
     Ok(Exit::Success)
 }
 
 /// The `key: value` block.
-fn human(i: &QueueInfo) -> String {
+fn human(name: &[u8], i: &QueueInfo) -> String {
     let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let by_priority = if i.per_priority.is_empty() {
         "-".to_string()
@@ -57,8 +58,8 @@ fn human(i: &QueueInfo) -> String {
     };
     let (major, minor) = shmq::inspect::layout_version();
     let rows = [
-        ("name", i.name.clone()),
-        ("path", i.path.display().to_string()),
+        ("name", output::escape(name)),
+        ("path", output::escape(i.path.as_os_str().as_bytes())),
         (
             "messages",
             format!(

@@ -7,7 +7,9 @@ use crate::exit::{Exit, Failure, Outcome};
 use crate::output::{self, ErrorJson, QueueErrorJson, QueueJson, json_line};
 use shmq::inspect::Health;
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::{self, BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
 
 pub fn run(ctx: &Ctx, _a: &LsArgs) -> Outcome {
     let dir = ctx.dir()?;
@@ -20,14 +22,15 @@ pub fn run(ctx: &Ctx, _a: &LsArgs) -> Outcome {
     if ctx.json {
         for e in &entries {
             match &e.info {
-                Ok(info) => json_line(&mut out, &QueueJson::new(info))?,
+                Ok(info) => json_line(&mut out, &QueueJson::new(&e.name_bytes, info))?,
                 Err(err) => json_line(
                     &mut out,
                     &QueueErrorJson {
                         kind: "queue",
                         name: e.name.clone(),
+                        name_bytes: output::hex(&e.name_bytes),
                         path: dir
-                            .join(e.name.trim_start_matches('/'))
+                            .join(OsStr::from_bytes(&e.name_bytes[1..]))
                             .display()
                             .to_string(),
                         error: ErrorJson {
@@ -44,7 +47,7 @@ pub fn run(ctx: &Ctx, _a: &LsArgs) -> Outcome {
             .iter()
             .map(|e| match &e.info {
                 Ok(i) => vec![
-                    e.name.clone(),
+                    output::escape(&e.name_bytes),
                     i.current_messages.to_string(),
                     i.capacity.to_string(),
                     i.max_msg_len.to_string(),
@@ -64,7 +67,7 @@ pub fn run(ctx: &Ctx, _a: &LsArgs) -> Outcome {
                 Err(err) => {
                     let dash = || "-".to_string();
                     vec![
-                        e.name.clone(),
+                        output::escape(&e.name_bytes),
                         dash(),
                         dash(),
                         dash(),

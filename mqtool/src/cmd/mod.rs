@@ -43,7 +43,7 @@ pub fn run(cli: Cli) -> Outcome {
         Command::Watch(a) => watch::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Completions(a) => completions::run(a),
-        Command::Man(a) => man::run(a),
+        Command::Man(a) => man::run(&ctx, a),
     }
 }
 
@@ -109,6 +109,22 @@ impl Ctx {
     }
 }
 
+/// The format of `recv` and `peek`: `--json` or `--format` (default
+/// text). The global `--json` given before the subcommand escapes clap's
+/// conflict check, so it is checked here too.
+pub fn output_format(
+    ctx: &Ctx,
+    format: Option<crate::cli::Format>,
+) -> Result<crate::cli::Format, Failure> {
+    match (ctx.json, format) {
+        (true, Some(_)) => Err(Failure::plain(
+            "--json and --format cannot be used together (--json is --format json)",
+        )),
+        (true, None) => Ok(crate::cli::Format::Json),
+        (false, f) => Ok(f.unwrap_or(crate::cli::Format::Text)),
+    }
+}
+
 /// A checked queue name, always with its leading `/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueName {
@@ -122,9 +138,18 @@ impl QueueName {
     }
 }
 
+impl QueueName {
+    /// The name for JSON: U+FFFD for bytes that are not UTF-8.
+    pub fn lossy(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// For text output and messages: control characters and bytes that are not
+/// UTF-8 escaped ([`crate::output::escape`]).
 impl std::fmt::Display for QueueName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&String::from_utf8_lossy(&self.bytes))
+        f.write_str(&crate::output::escape(&self.bytes))
     }
 }
 

@@ -1,6 +1,6 @@
 //! `mqtool peek`: the queued messages in delivery order, left in place.
 
-use super::{Ctx, queue_name};
+use super::{Ctx, output_format, queue_name};
 use crate::cli::{Format, PeekArgs};
 use crate::exit::{Exit, Outcome};
 use crate::output::MessagePrinter;
@@ -8,12 +8,18 @@ use std::io::{self, BufWriter};
 
 pub fn run(ctx: &Ctx, a: &PeekArgs) -> Outcome {
     let name = queue_name(&a.name)?;
+    crate::output::check_raw(
+        a.format.unwrap_or(Format::Text),
+        a.count.or(Some(0)),
+        false,
+        a.priority,
+    )?;
     let messages = ctx
         .inspector(&name)?
-        .peek(a.count)
+        .peek(a.count.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
         .map_err(|e| ctx.inspect_error(&name, e))?;
-    let queue = name.to_string();
-    let format = if ctx.json { Format::Json } else { a.format };
+    let queue = name.lossy();
+    let format = output_format(ctx, a.format)?;
     let mut out = MessagePrinter {
         out: BufWriter::new(io::stdout().lock()),
         format,

@@ -18,7 +18,7 @@ pub fn run(ctx: &Ctx, a: &PurgeArgs) -> Outcome {
             &mut out,
             &PurgedJson {
                 kind: "purged",
-                queue: &name.to_string(),
+                queue: &name.lossy(),
                 messages: n,
             },
         )?;

@@ -1,6 +1,6 @@
 //! `mqtool recv`: `mq_receive` / `mq_timedreceive`.
 
-use super::{Ctx, queue_name};
+use super::{Ctx, output_format, queue_name};
 use crate::cli::{Format, RecvArgs};
 use crate::exit::{Exit, Outcome, errno_of};
 use crate::output::{self, MessagePrinter};
@@ -9,6 +9,7 @@ use std::io::{self, BufWriter};
 
 pub fn run(ctx: &Ctx, a: &RecvArgs) -> Outcome {
     let name = queue_name(&a.name)?;
+    output::check_raw(a.format.unwrap_or(Format::Text), a.count, a.all, a.priority)?;
     // --all takes what is queued now: it never waits, unless --timeout says
     // how long to wait for more.
     let nonblock = a.wait.nonblock || (a.all && a.wait.timeout.is_none());
@@ -30,8 +31,8 @@ pub fn run(ctx: &Ctx, a: &RecvArgs) -> Outcome {
     } else {
         a.count.unwrap_or(1)
     };
-    let queue = name.to_string();
-    let format = if ctx.json { Format::Json } else { a.format };
+    let queue = name.lossy();
+    let format = output_format(ctx, a.format)?;
     let mut out = MessagePrinter {
         out: BufWriter::new(io::stdout().lock()),
         format,

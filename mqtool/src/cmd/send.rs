@@ -12,7 +12,10 @@ pub const MAX_PRIORITY: u32 = 32767;
 
 pub fn run(ctx: &Ctx, a: &SendArgs) -> Outcome {
     let name = queue_name(&a.name)?;
-    if a.priority > MAX_PRIORITY {
+    let Some(priority) = u32::try_from(a.priority)
+        .ok()
+        .filter(|&p| p <= MAX_PRIORITY)
+    else {
         return Err(Failure::new(
             name.to_string(),
             format!(
@@ -20,7 +23,7 @@ pub fn run(ctx: &Ctx, a: &SendArgs) -> Outcome {
                 a.priority
             ),
         ));
-    }
+    };
     let mut opts = shmq::OpenOptions::writeonly();
     opts.existing().dir(ctx.dir()?);
     if a.wait.nonblock {
@@ -39,6 +42,7 @@ pub fn run(ctx: &Ctx, a: &SendArgs) -> Outcome {
         name: &name,
         mq: &mq,
         max_msg_len,
+        priority,
         sent: 0,
     };
 
@@ -54,6 +58,9 @@ pub fn run(ctx: &Ctx, a: &SendArgs) -> Outcome {
             .lock()
             .read_to_end(&mut data)
             .map_err(|e| Failure::new("standard input", io_message(&e)))?;
+        if data.is_empty() {
+            return Err(no_input());
+        }
         s.send(&data, None)?;
     } else if stdin_lines {
         // Each line is sent as soon as it is read, so `tail -f | mqtool send` streams.
@@ -65,6 +72,9 @@ pub fn run(ctx: &Ctx, a: &SendArgs) -> Outcome {
                 .read_until(b'\n', &mut line)
                 .map_err(|e| Failure::new("standard input", io_message(&e)))?;
             if n == 0 {
+                if number == 1 {
+                    return Err(no_input());
+                }
                 break;
             }
             if line.last() == Some(&b'\n') {
@@ -88,19 +98,29 @@ pub fn run(ctx: &Ctx, a: &SendArgs) -> Outcome {
     Ok(Exit::Success)
 }
 
+/// Standard input ended before a single byte: nothing is sent. An empty
+/// message has to be asked for, as an empty argument.
+fn no_input() -> Failure {
+    Failure::new(
+        "standard input",
+        "no message on standard input, nothing sent (to send an empty message: mqtool send QUEUE '')",
+    )
+}
+
 struct Sender<'a> {
     ctx: &'a Ctx,
     a: &'a SendArgs,
     name: &'a QueueName,
     mq: &'a shmq::PosixMq,
     max_msg_len: usize,
+    priority: u32,
     sent: u64,
 }
 
 impl Sender<'_> {
     /// Sends one message; `line` is its line number on standard input.
     fn send(&mut self, msg: &[u8], line: Option<u64>) -> Result<(), Failure> {
-        let p = self.a.priority;
+        let p = self.priority;
         let r = match self.a.wait.timeout {
             Some(t) => self.mq.send_timeout(p, msg, t),
             None => self.mq.send(p, msg),

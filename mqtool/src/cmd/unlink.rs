@@ -30,7 +30,7 @@ pub fn run(ctx: &Ctx, a: &UnlinkArgs) -> Outcome {
         });
         if let Err(f) = r {
             // Go on with the other names, as rm does.
-            status = status.worst(f.report());
+            status = status.worst(f.report(ctx.json));
         }
     }
     Ok(status)

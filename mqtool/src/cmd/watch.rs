@@ -17,7 +17,7 @@ const BAR: usize = 30;
 pub fn run(ctx: &Ctx, a: &WatchArgs) -> Outcome {
     let name = queue_name(&a.name)?;
     let inspector = ctx.inspector(&name)?;
-    let queue = name.to_string();
+    let queue = name.lossy();
     let mut out = io::stdout().lock();
     let mode = if ctx.json {
         Mode::Json
@@ -179,7 +179,7 @@ impl Sample<'_> {
             blocked_receivers: i.blocked_receivers,
             total_sent: i.total_sent,
             total_received: i.total_received,
-            health: i.health.as_str(),
+            health: crate::output::HealthJson::new(i.health),
         }
     }
 }
