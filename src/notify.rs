@@ -76,20 +76,24 @@ fn actions() -> std::sync::MutexGuard<'static, Vec<(u64, Action)>> {
 
 /// Runs on the doorbell thread for every ring.
 fn rung(r: bell::Ring) {
+    let _ = act(r, actions());
+}
+
+/// Acts on ring `r` with the table of actions held; gives the table back
+/// when the ring is not for one of them.
+fn act(r: bell::Ring, mut a: std::sync::MutexGuard<'static, Vec<(u64, Action)>>) -> bool {
     if r.kind != RING_NOTIFY {
-        return;
+        return false;
     }
     let [dev, ino, token] = r.words;
-    let action = {
-        let mut a = actions();
-        let Some(i) = a
-            .iter()
-            .position(|(t, act)| *t == token && act.queue == (dev, ino))
-        else {
-            return;
-        };
-        a.swap_remove(i).1
+    let Some(i) = a
+        .iter()
+        .position(|(t, act)| *t == token && act.queue == (dev, ino))
+    else {
+        return false;
     };
+    let action = a.swap_remove(i).1;
+    drop(a);
     match action.what {
         Notification::Signal { signo, value } if signo != 0 => {
             let _ = sys::queue_mesgq_signal(signo, value, r.pid, r.uid);
@@ -97,6 +101,7 @@ fn rung(r: bell::Ring) {
         Notification::Thread { deliver } => deliver(),
         _ => {}
     }
+    true
 }
 
 fn forget(token: u64) {
@@ -230,9 +235,27 @@ fn registered_fires(g: &Guard<'_>, q: &Queue) -> Option<Pending> {
 /// Sends a notification decided by [`should_fire`] (lock released): rings
 /// the owner's doorbell, nothing more.
 pub(crate) fn fire(p: Pending) {
-    if p.bell != 0 {
-        bell::ring(p.bell, RING_NOTIFY, [p.queue.0, p.queue.1, p.token]);
+    if p.bell == 0 {
+        return;
     }
+    let words = [p.queue.0, p.queue.1, p.token];
+    if bell::own() == Some(p.bell) {
+        // The registered process is this one: act before the send returns,
+        // as the kernel queues the signal before `mq_send` returns. Unless
+        // the table is busy (this may be a signal handler that interrupted
+        // its holder): then the doorbell thread acts, a moment later.
+        if let Ok(a) = ACTIONS.try_lock() {
+            let ring = bell::Ring {
+                kind: RING_NOTIFY,
+                words,
+                pid: std::process::id() as i32,
+                uid: nix::unistd::getuid().as_raw(),
+            };
+            act(ring, a);
+            return;
+        }
+    }
+    bell::ring(p.bell, RING_NOTIFY, words);
 }
 
 /// Called when this process closes a descriptor of the queue: removes its

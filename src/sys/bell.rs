@@ -123,6 +123,17 @@ pub fn mine(handler: fn(Ring)) -> Result<u64, Errno> {
     Ok(number)
 }
 
+/// This process's doorbell number, if it has one in this incarnation (and
+/// nobody is making it right now: this may run in a signal handler).
+pub fn own() -> Option<u64> {
+    let inc = live::incarnation();
+    let m = MINE.try_lock().ok()?;
+    match &*m {
+        Some((i, n, _)) if *i == inc => Some(*n),
+        _ => None,
+    }
+}
+
 /// The helper thread: reads rings for ever (the socket lives as long as
 /// the process; a forked child does not have this thread).
 fn listen(fd: RawFd, handler: fn(Ring)) {

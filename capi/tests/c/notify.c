@@ -190,6 +190,38 @@ static void test_signal_handler(void)
     mqt_unlink(name);
 }
 
+/* A process that sends to its own registration finds the signal handled
+ * when mq_send returns, as with the kernel, which queues the signal before
+ * the call returns (the only thread that can take it is this one). */
+static void test_signal_before_own_send_returns(void)
+{
+    char name[MQT_NAME_LEN];
+    int signo = SIGRTMIN + 3;
+    mqd_t q = mqt_create(name, "own-send", O_RDWR | O_NONBLOCK, 4, 64);
+    struct sigevent sev = sev_signal(signo, 77);
+    struct sigaction sa, old;
+
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_sigaction = on_notify;
+    sa.sa_flags = SA_SIGINFO;
+    CHECK_OK(sigaction(signo, &sa, &old));
+    for (int round = 0; round < 20; round++) {
+        char buf[64];
+        h_count = 0;
+        CHECK_OK(mq_notify(q, &sev));
+        CHECK_OK(mq_send(q, "me", 2, 0));
+        /* No wait: the handler ran before mq_send returned. */
+        CHECK_EQ(h_count, 1);
+        CHECK_EQ(h_value, 77);
+        CHECK_EQ(h_pid, getpid());
+        CHECK_EQ(mq_receive(q, buf, sizeof buf, NULL), 2);
+    }
+    sigaction(signo, &old, NULL);
+    CHECK_OK(mq_close(q));
+    mqt_unlink(name);
+}
+
 /* ---- who may register ---------------------------------------------------- */
 
 /* A registered process cannot register again, through any descriptor of
@@ -496,6 +528,7 @@ int main(void)
 
     MQT_RUN(test_signal_siginfo);
     MQT_RUN(test_signal_handler);
+    MQT_RUN(test_signal_before_own_send_returns);
     MQT_RUN(test_ebusy_same_process);
     MQT_RUN(test_ebusy_other_process);
     MQT_RUN(test_null_removes);
