@@ -644,6 +644,11 @@ pub fn rebuild(r: &Region, alive: &mut dyn FnMut(u32, Option<u32>) -> bool) -> R
             }
         }
     }
+    if r.poisoned() {
+        // The file shrank under us: what was read is zeros, and writing
+        // the lists back would only fill private pages with them.
+        return rep;
+    }
     for t in &h.tails {
         t.store(NIL, Relaxed);
     }

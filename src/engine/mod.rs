@@ -66,6 +66,10 @@ const SPIN_PROBE_EVERY: u32 = 32;
 const LOCK_SPIN_NS: u32 = 5_000;
 /// How often a sleeper looks for dead processes holding slots mid-copy.
 const INFLIGHT_POLL: Duration = Duration::from_millis(10);
+/// How often a sleeper with nothing else to watch looks whether the queue
+/// file shrank under it (see `sys::sigbus`): nobody can wake it once it
+/// has.
+const FILE_CHECK: Duration = Duration::from_secs(1);
 /// How often a sleeper of the C API returns to look for a pending thread
 /// cancellation (`pthread_cancel`), when it asked to.
 const CANCEL_POLL: Duration = mutex::CANCEL_POLL;
@@ -157,6 +161,16 @@ pub struct Attr {
     pub curmsgs: i64,
 }
 
+/// The error for a queue whose file shrank under this process.
+#[cold]
+pub(crate) fn shrunk() -> Error {
+    Error::Corrupted(
+        "the queue file shrank under this process (truncated, or a hole that could not be \
+         filled); open it again"
+            .into(),
+    )
+}
+
 fn corrupted(e: HeaderError) -> Error {
     match e {
         HeaderError::NotAQueue(why) => Error::NotAQueue(why.to_string()),
@@ -213,6 +227,27 @@ impl Queue {
     /// The validated geometry.
     pub fn geometry(&self) -> Geometry {
         self.geo
+    }
+
+    /// `Err` once the queue file shrank under this process (see
+    /// [`Region::poisoned`]): every call on the queue then fails with
+    /// `EBADMSG` until the queue is opened again.
+    #[inline(always)]
+    pub fn check_poison(&self) -> Result<()> {
+        if self.region().poisoned() {
+            return Err(shrunk());
+        }
+        Ok(())
+    }
+
+    /// Whether the file still has its size; if not, poisons nothing (the
+    /// next touch of a lost page does) but reports the damage now.
+    pub(super) fn check_file(&self) -> Result<()> {
+        self.check_poison()?;
+        match sys::fstat(self.file.as_raw_fd()) {
+            Ok(fi) if fi.size != self.geo.file_size as u64 => Err(shrunk()),
+            _ => Ok(()),
+        }
     }
 
     /// Path of the queue file.
@@ -313,17 +348,18 @@ impl Queue {
         let alive = |id: u32, tid: u32| m.thread_alive(id, tid);
         match mutex::lock(r, m.id(), self.lock_spin(), wait, &alive) {
             Ok((Acquired::Clean, held)) => Ok(Guard { q: self, held }),
-            Ok((Acquired::OwnerDied, held)) => Ok(self.recover(m, held)),
+            Ok((Acquired::OwnerDied, held)) => self.recover(m, held),
             Err(e) => Err(lock_error(e)),
         }
     }
 
     /// The lock's last owner died: repairs the queue.
     #[cold]
-    fn recover(&self, m: &Member, held: mutex::Held) -> Guard<'_> {
+    fn recover(&self, m: &Member, held: mutex::Held) -> Result<Guard<'_>> {
         let g = Guard { q: self, held };
+        self.check_poison()?;
         queue::rebuild(self.region(), &mut Self::alive_fn(m));
-        g
+        Ok(g)
     }
 
     /// Under the lock: rolls back slots held mid-copy by dead members, and
@@ -332,7 +368,7 @@ impl Queue {
     pub fn reap_inflight(&self, _g: &Guard<'_>) -> bool {
         let r = self.region();
         let h = r.header();
-        if h.lock.ninflight.load(Relaxed) == 0 {
+        if h.lock.ninflight.load(Relaxed) == 0 || r.poisoned() {
             return false;
         }
         let Ok(m) = self.member() else { return false };
@@ -351,6 +387,7 @@ impl Queue {
     /// Under the lock: repairs after an inconsistency, failing after a few
     /// attempts in a row (the file is being damaged faster than repaired).
     fn repair(&self, _g: &Guard<'_>, c: Corrupt, attempts: &mut u32) -> Result<()> {
+        self.check_poison()?;
         *attempts += 1;
         if *attempts > 3 {
             return Err(Error::Corrupted(c.0.into()));

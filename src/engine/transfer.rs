@@ -41,6 +41,7 @@ impl Description {
             Err(Error::Os(Errno::EAGAIN)) => q.region().header().lock.curmsgs.load(Relaxed),
             Err(e) => return Err(e),
         };
+        q.check_poison()?;
         Ok(Attr {
             flags: if self.nonblocking() {
                 libc::O_NONBLOCK as i64
@@ -82,6 +83,9 @@ impl Description {
         let q = &self.queue;
         let mut w = Waiting::new(wait.cancel_poll);
         let out = loop {
+            if let Err(e) = q.check_poison() {
+                break Err(e);
+            }
             let res = match take(q.region()) {
                 Ok(Some(v)) => break Ok(v),
                 Ok(None) if wait.nonblock => Err(Error::Os(Errno::EAGAIN)),
@@ -159,7 +163,8 @@ impl Description {
         if let Some(n) = notify {
             crate::notify::fire(n);
         }
-        Ok(())
+        // Not before: a file that shrank meanwhile took the message with it.
+        q.check_poison()
     }
 
     /// Copies a payload into or out of slot `idx` without the lock: marks
@@ -257,6 +262,9 @@ impl Description {
         let wake = g.prepare_wake(Side::Send);
         drop(g);
         q.wake(Side::Send, wake);
+        // A message read from the zero pages that stand in for a lost part
+        // of the file is no message.
+        q.check_poison()?;
         Ok((len, prio))
     }
 }

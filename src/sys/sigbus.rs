@@ -1,0 +1,283 @@
+//! Surviving `SIGBUS` from a queue file that shrank under its mappings.
+//!
+//! A queue file is mapped shared by every participant, and any of them can
+//! `ftruncate` it or punch holes in it (on a full tmpfs, touching a hole
+//! cannot allocate). The kernel then answers an access to the missing pages
+//! with `SIGBUS`, whose default action kills the process: any participant
+//! could kill all the others, even one that only calls `getattr`.
+//!
+//! So the first queue mapped installs a process-wide `SIGBUS` handler. For a
+//! fault inside one of this process's queue mappings it maps anonymous zero
+//! pages over that whole mapping (`MAP_FIXED | MAP_PRIVATE |
+//! MAP_ANONYMOUS`), marks the mapping poisoned, and returns: the faulting
+//! instruction runs again on the zero pages. The engine looks at the mark
+//! (at least before an operation reports success, and before any wait or
+//! repair) and fails with `EBADMSG`; the queue stays damaged for this
+//! process until it is opened again, which refuses the shrunken file.
+//!
+//! Any other fault goes to whatever handler was installed before this one:
+//! `SIG_DFL` is restored and the fault happens again (or, for a `SIGBUS`
+//! sent by a process, the signal is raised again), `SIG_IGN` ignores a sent
+//! signal and lets a fault kill as the kernel would, and a handler is called
+//! with the same arguments. A handler installed after this one replaces it
+//! (this module only chains while it is installed), and then truncation
+//! kills again.
+//!
+//! The handler is async-signal-safe: the registry of mappings is a fixed
+//! array of atomics (no allocation, no lock), and it calls only `mmap`,
+//! `sigaction`, `raise` and the previous handler.
+#![allow(unsafe_code)]
+
+use std::cell::UnsafeCell;
+use std::sync::Once;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+/// How many queue mappings one process can have at once.
+pub const CAPACITY: usize = 4096;
+
+/// One mapping: `[start, start + len)`. `seq` is odd while the entry is
+/// being written (a seqlock: the handler skips an entry whose `seq` moved
+/// while it read it); `start` is 0 for a free entry.
+struct Entry {
+    seq: AtomicUsize,
+    start: AtomicUsize,
+    len: AtomicUsize,
+    poisoned: AtomicBool,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: Entry = Entry {
+    seq: AtomicUsize::new(0),
+    start: AtomicUsize::new(0),
+    len: AtomicUsize::new(0),
+    poisoned: AtomicBool::new(false),
+};
+
+static ENTRIES: [Entry; CAPACITY] = [EMPTY; CAPACITY];
+/// One past the highest entry ever used: the handler looks no further.
+static HIGH: AtomicUsize = AtomicUsize::new(0);
+/// Installs the handler once.
+static INSTALL: Once = Once::new();
+/// Whether the handler is installed (else mappings are unprotected).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// The action that was installed before ours, written once before ours is
+/// installed and only read afterwards.
+struct Previous(UnsafeCell<libc::sigaction>);
+
+// SAFETY: written once inside `INSTALL.call_once`, before the handler that
+// reads it can run (the `sigaction` call that installs it orders the two);
+// read-only afterwards.
+unsafe impl Sync for Previous {}
+
+// SAFETY: an all-zero sigaction is SIG_DFL with an empty mask.
+static PREVIOUS: Previous = Previous(UnsafeCell::new(unsafe { std::mem::zeroed() }));
+
+/// A mapping registered with the handler; unregisters on drop.
+#[derive(Debug)]
+pub struct Guarded {
+    slot: usize,
+}
+
+/// A flag that is never set, for regions that are not mappings (tests).
+static NEVER: AtomicBool = AtomicBool::new(false);
+
+impl Guarded {
+    /// Registers `[start, start + len)`, a mapping of a queue file, and
+    /// installs the handler if this is the first one. `EMFILE` when
+    /// [`CAPACITY`] mappings are registered already.
+    pub fn new(start: *mut u8, len: usize) -> Result<Guarded, nix::errno::Errno> {
+        install();
+        let start = start as usize;
+        debug_assert!(start != 0 && len != 0);
+        for (i, e) in ENTRIES.iter().enumerate() {
+            let s = e.seq.load(Relaxed);
+            if s % 2 != 0 || e.start.load(Relaxed) != 0 {
+                continue;
+            }
+            if e.seq.compare_exchange(s, s + 1, Acquire, Relaxed).is_err() {
+                continue;
+            }
+            std::sync::atomic::fence(Release);
+            e.poisoned.store(false, Relaxed);
+            e.len.store(len, Relaxed);
+            e.start.store(start, Relaxed);
+            e.seq.store(s + 2, Release);
+            HIGH.fetch_max(i + 1, AcqRel);
+            return Ok(Guarded { slot: i });
+        }
+        Err(nix::errno::Errno::EMFILE)
+    }
+
+    /// The poison flag of this mapping: set by the handler once a fault in
+    /// it was answered with zero pages.
+    pub fn flag(&self) -> &'static AtomicBool {
+        &ENTRIES[self.slot].poisoned
+    }
+
+    /// A flag that is never set, for memory that cannot fault.
+    pub fn never() -> &'static AtomicBool {
+        &NEVER
+    }
+}
+
+impl Drop for Guarded {
+    /// Takes the range out of the registry; the caller unmaps afterwards,
+    /// so the handler never maps over an address that was reused.
+    fn drop(&mut self) {
+        let e = &ENTRIES[self.slot];
+        let s = e.seq.load(Relaxed);
+        e.seq.store(s + 1, Relaxed);
+        std::sync::atomic::fence(Release);
+        e.start.store(0, Relaxed);
+        e.len.store(0, Relaxed);
+        e.seq.store(s + 2, Release);
+    }
+}
+
+fn install() {
+    INSTALL.call_once(|| {
+        // SAFETY: a zeroed sigaction is a valid value to fill in.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = handler as extern "C" fn(_, _, _) as libc::sighandler_t;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+        // SAFETY: sa_mask is valid storage for a sigset_t.
+        unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+        // SAFETY: PREVIOUS is written only here, once, before the handler
+        // that reads it is installed (it is read first, then ours replaces
+        // it: nothing else installs SIGBUS handlers in between through this
+        // module); the pointers are valid.
+        let r = unsafe {
+            libc::sigaction(libc::SIGBUS, std::ptr::null(), PREVIOUS.0.get());
+            // A sent SIGBUS restarts system calls exactly when the previous
+            // handler asked for that.
+            sa.sa_flags |= (*PREVIOUS.0.get()).sa_flags & libc::SA_RESTART;
+            libc::sigaction(libc::SIGBUS, &sa, PREVIOUS.0.get())
+        };
+        INSTALLED.store(r == 0, Relaxed);
+    });
+}
+
+/// The registered mapping that holds `addr`: `(start, len, entry)`.
+fn find(addr: usize) -> Option<(usize, usize, &'static Entry)> {
+    let high = HIGH.load(Acquire).min(CAPACITY);
+    for e in &ENTRIES[..high] {
+        let s1 = e.seq.load(Acquire);
+        if s1 % 2 != 0 {
+            continue;
+        }
+        let start = e.start.load(Relaxed);
+        let len = e.len.load(Relaxed);
+        std::sync::atomic::fence(Acquire);
+        if e.seq.load(Relaxed) != s1 || start == 0 {
+            continue;
+        }
+        if addr >= start && addr - start < len {
+            return Some((start, len, e));
+        }
+    }
+    None
+}
+
+extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // A fault (si_code > 0) carries the address; a sent signal does not.
+    if code > 0
+        && let Some((start, len, e)) = find(addr)
+    {
+        // Marked before the pages change: a thread that reads a zero page
+        // then finds the mark (the remapping flushes every CPU's view of
+        // the old pages after this store).
+        e.poisoned.store(true, SeqCst);
+        // SAFETY: errno is thread-local and always valid.
+        let errno = unsafe { *libc::__errno_location() };
+        // SAFETY: [start, start + len) is a live mapping of this process
+        // (it is taken out of the registry before it is unmapped, and a
+        // thread faulting in it holds it); replacing it with private zero
+        // pages only changes what its users read, which they learn from
+        // the poison flag.
+        let p = unsafe {
+            libc::mmap(
+                start as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        // SAFETY: as above.
+        unsafe { *libc::__errno_location() = errno };
+        if p != libc::MAP_FAILED {
+            return;
+        }
+        // No memory to map: nothing to do but die as the kernel would.
+    }
+    chain(sig, info, ctx, code);
+}
+
+/// Hands a signal that is not ours to the action installed before us.
+fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void, code: i32) {
+    // SAFETY: PREVIOUS is read-only once the handler is installed.
+    let prev = unsafe { &*PREVIOUS.0.get() };
+    let action = prev.sa_sigaction;
+    if action == libc::SIG_IGN && code <= 0 {
+        return; // a sent SIGBUS, ignored
+    }
+    if action == libc::SIG_DFL || action == libc::SIG_IGN {
+        // The kernel's way: a fault with the signal ignored or left at its
+        // default kills. Restore the default; a fault then happens again
+        // when the instruction is retried, a sent signal is raised again.
+        // SAFETY: a zeroed sigaction is SIG_DFL; sigaction and raise are
+        // async-signal-safe.
+        unsafe {
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            if code <= 0 {
+                libc::raise(sig);
+            }
+        }
+        return;
+    }
+    if prev.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the previous action is a three-argument handler (its
+        // SA_SIGINFO flag says so), called as the kernel would.
+        let f = unsafe {
+            std::mem::transmute::<
+                libc::sighandler_t,
+                extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
+            >(action)
+        };
+        f(sig, info, ctx);
+    } else {
+        // SAFETY: the previous action is a one-argument handler.
+        let f = unsafe {
+            std::mem::transmute::<libc::sighandler_t, extern "C" fn(libc::c_int)>(action)
+        };
+        f(sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_finds_and_forgets_ranges() {
+        let a = Guarded::new(0x1000_0000 as *mut u8, 0x2000).unwrap();
+        let b = Guarded::new(0x2000_0000 as *mut u8, 0x1000).unwrap();
+        assert!(INSTALLED.load(Relaxed));
+        assert_eq!(find(0x1000_1fff).map(|f| f.0), Some(0x1000_0000));
+        assert_eq!(find(0x2000_0000).map(|f| f.1), Some(0x1000));
+        assert!(find(0x1000_2000).is_none());
+        assert!(!a.flag().load(Relaxed));
+        drop(a);
+        assert!(find(0x1000_0000).is_none());
+        assert!(find(0x2000_0fff).is_some());
+        drop(b);
+        assert!(find(0x2000_0000).is_none());
+    }
+}
