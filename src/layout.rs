@@ -20,8 +20,8 @@
 //! ```
 #![allow(unsafe_code)]
 
-use std::mem::{offset_of, size_of};
 use crate::sys::sigbus::Guarded;
+use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// `"SHMQUEUE"` read as a little-endian integer.
