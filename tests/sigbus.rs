@@ -125,8 +125,9 @@ fn truncation_under_busy_processes_gives_ebadmsg() {
             .set_len(to)
             .unwrap();
         wait_ok(&mut kid, WATCHDOG);
-        // This process too: its mapping faults at the next touch.
-        let e = q.attributes().unwrap_err();
+        // This process too: its mapping faults at the next touch of a lost
+        // page (a slot, here).
+        let e = q.send(1, b"x").unwrap_err();
         assert!(is_damage(&e), "{how}: {e}");
         let e = OpenOptions::readwrite()
             .dir(d.path())
@@ -372,6 +373,12 @@ fn holes_punched_on_a_full_tmpfs_leave_the_writer_alive() {
     // cycler stopped so that it cannot fill them back first.
     let pid = nix::unistd::Pid::from_raw(kid.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // Stopped for sure, not just signalled.
+    let st = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WUNTRACED)).unwrap();
+    assert!(
+        matches!(st, nix::sys::wait::WaitStatus::Stopped(..)),
+        "{st:?}"
+    );
     let header = 35 * 4096;
     punch(&path, header, size - header);
     let _second = fill(&mnt, "second");
@@ -464,6 +471,16 @@ fn faults_outside_queues_reach_the_handler_installed_before() {
             foreign_fault(&dir);
             unreachable!("the foreign fault must kill");
         }
+        Some("sent") => {
+            // A SIGBUS sent by a process, with the default action before
+            // shmq's: it kills, as it would have.
+            let dir = child_dir();
+            // SAFETY: restores the default action.
+            unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+            let _q = make(&dir, "/chain", 4, 64);
+            nix::sys::signal::raise(nix::sys::signal::Signal::SIGBUS).unwrap();
+            unreachable!("the sent signal must kill");
+        }
         Some("std") => {
             // The Rust runtime's own handler (for stack overflows) was there
             // first: it restores the default for a fault it does not own.
@@ -479,7 +496,7 @@ fn faults_outside_queues_reach_the_handler_installed_before() {
             let mut own = child(test, "own", d.path()).spawn().unwrap();
             wait_ok(&mut own, WATCHDOG);
             let _ = std::fs::remove_file(d.path().join("chain"));
-            for r in ["default", "std"] {
+            for r in ["default", "std", "sent"] {
                 let st = child(test, r, d.path())
                     .stderr(std::process::Stdio::null())
                     .status()
@@ -489,4 +506,40 @@ fn faults_outside_queues_reach_the_handler_installed_before() {
             }
         }
     }
+}
+
+#[test]
+fn a_truncated_queue_leaves_the_other_queues_of_the_process_alone() {
+    let d = TestDir::new("sigbus-two");
+    let (a, path) = make(d.path(), "/a", 4, 64);
+    let (b, _) = make(d.path(), "/b", 4, 64);
+    let a2 = OpenOptions::readwrite().dir(d.path()).open("/a").unwrap();
+    a.send(1, b"before").unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(is_damage(&a.recv(&mut buf).unwrap_err()));
+    // A second mapping of the same file is damaged at its own first touch.
+    assert!(is_damage(&a2.send(1, b"x").unwrap_err()));
+    for i in 0..100u8 {
+        b.send(u32::from(i % 7), &[i; 64]).unwrap();
+        let (p, n) = b.recv(&mut buf).unwrap();
+        assert_eq!((p, n, buf[0]), (u32::from(i % 7), 64, i));
+    }
+    drop(a);
+    drop(a2);
+    // The registry entries are free again, and new queues are protected.
+    let (c, path) = make(d.path(), "/c", 4, 64);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert!(is_damage(&c.send(1, b"y").unwrap_err()));
+    assert!(b.attributes().is_ok());
 }
