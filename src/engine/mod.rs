@@ -163,6 +163,7 @@ pub struct Attr {
 
 /// The error for a queue whose file shrank under this process.
 #[cold]
+#[inline(never)]
 pub(crate) fn shrunk() -> Error {
     Error::Corrupted(
         "the queue file shrank under this process (truncated, or a hole that could not be \

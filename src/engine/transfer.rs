@@ -152,6 +152,10 @@ impl Description {
             return Err(Error::Corrupted(c.0.into()));
         }
         h.sent.b.add(1);
+        if r.poisoned() {
+            // The file shrank meanwhile and took the message with it.
+            return Err(super::shrunk());
+        }
         let wake = g.prepare_wake(Side::Recv);
         let notify = if was_empty {
             crate::notify::should_fire(&g, q)
@@ -163,8 +167,7 @@ impl Description {
         if let Some(n) = notify {
             crate::notify::fire(n);
         }
-        // Not before: a file that shrank meanwhile took the message with it.
-        q.check_poison()
+        Ok(())
     }
 
     /// Copies a payload into or out of slot `idx` without the lock: marks
@@ -259,12 +262,14 @@ impl Description {
             return Err(Error::Corrupted(c.0.into()));
         }
         h.received.a.add(1);
+        if r.poisoned() {
+            // Read from the zero pages that stand in for a lost part of the
+            // file: no message.
+            return Err(super::shrunk());
+        }
         let wake = g.prepare_wake(Side::Send);
         drop(g);
         q.wake(Side::Send, wake);
-        // A message read from the zero pages that stand in for a lost part
-        // of the file is no message.
-        q.check_poison()?;
         Ok((len, prio))
     }
 }
