@@ -559,7 +559,7 @@ impl Region {
 /// goes before the mapping.
 pub struct Mapping {
     region: Region,
-    _guard: Guarded,
+    guard: Guarded,
     _map: memmap2::MmapRaw,
 }
 
@@ -592,7 +592,7 @@ impl Mapping {
         }
         let map = map_file(file, len).map_err(MapError::Os)?;
         // Registered before the first read: the file may shrink already.
-        let guard = Guarded::new(map.as_mut_ptr(), len).map_err(MapError::Os)?;
+        let guard = Guarded::new(map.as_mut_ptr(), len, Some(LOCK_WORD)).map_err(MapError::Os)?;
         // SAFETY: the mapping is page-aligned, `len` bytes long and lives as
         // long as the returned value (which owns it); all access to it goes
         // through Region.
@@ -604,7 +604,7 @@ impl Mapping {
         region.poison = guard.flag();
         Ok(Mapping {
             region,
-            _guard: guard,
+            guard,
             _map: map,
         })
     }
@@ -618,13 +618,13 @@ impl Mapping {
         mode: u32,
     ) -> Result<Mapping, nix::errno::Errno> {
         let map = map_file(file, geo.file_size)?;
-        let guard = Guarded::new(map.as_mut_ptr(), geo.file_size)?;
+        let guard = Guarded::new(map.as_mut_ptr(), geo.file_size, Some(LOCK_WORD))?;
         // SAFETY: as in `open`; the file is new, zeroed and private to us.
         let mut region = unsafe { Region::format(map.as_mut_ptr(), geo.file_size, geo, mode) };
         region.poison = guard.flag();
         Ok(Mapping {
             region,
-            _guard: guard,
+            guard,
             _map: map,
         })
     }
@@ -633,7 +633,16 @@ impl Mapping {
     pub fn region(&self) -> &Region {
         &self.region
     }
+
+    /// Records this process's participant number (see
+    /// `Guarded::set_member`).
+    pub fn set_member(&self, id: u32) {
+        self.guard.set_member(id);
+    }
 }
+
+/// Offset of the lock word in the file.
+const LOCK_WORD: usize = offset_of!(Header, lock) + offset_of!(LockLine, word);
 
 /// An empty queue formatted in a heap buffer: the algorithm without a file,
 /// for unit tests and property tests.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-const WATCHDOG: Duration = Duration::from_secs(30);
+const WATCHDOG: Duration = Duration::from_secs(20);
 /// Environment variable naming the queue for a child.
 const QUEUE: &str = "SHMQ_TEST_QUEUE";
 
@@ -90,6 +90,15 @@ fn looper(dir: &Path, name: &str) {
     // And a fresh open says so.
     let e = OpenOptions::readwrite().dir(dir).open(name).unwrap_err();
     assert!(is_damage(&e), "reopen: {e}");
+    // Alive, with the queue still open, while the others carry on: what
+    // it held of the shared file (the lock, most likely) must not hold
+    // them up.
+    let tag = name.trim_start_matches('/');
+    std::fs::write(marker(dir, &format!("{tag}-done")), b"").unwrap();
+    eventually("leave", WATCHDOG, || {
+        marker(dir, &format!("{tag}-leave")).exists()
+    });
+    drop(q);
 }
 
 #[test]
@@ -124,11 +133,21 @@ fn truncation_under_busy_processes_gives_ebadmsg() {
             .unwrap()
             .set_len(to)
             .unwrap();
+        eventually("the looper is done", WATCHDOG, || {
+            marker(d.path(), &format!("{}-done", &name[1..])).exists()
+        });
+        // This process too, while the looper lives on: its mapping faults at
+        // the next touch of a lost page (a slot, here), even if the looper
+        // was holding the lock when it found the damage.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| tx.send(q.send(1, b"x")).unwrap());
+            let r = rx.recv_timeout(WATCHDOG);
+            std::fs::write(marker(d.path(), &format!("{}-leave", &name[1..])), b"").unwrap();
+            let e = r.expect("a send after the damage hangs").unwrap_err();
+            assert!(is_damage(&e), "{how}: {e}");
+        });
         wait_ok(&mut kid, WATCHDOG);
-        // This process too: its mapping faults at the next touch of a lost
-        // page (a slot, here).
-        let e = q.send(1, b"x").unwrap_err();
-        assert!(is_damage(&e), "{how}: {e}");
         let e = OpenOptions::readwrite()
             .dir(d.path())
             .open(&name)

@@ -294,6 +294,7 @@ impl Queue {
             Ok(sys::open_existing(dir.fd(), fname)?)
         };
         let m = Member::join(&self.file, &h.next_member, &reopen)?;
+        self.map.set_member(m.id());
         Ok(self.member.set(m))
     }
 

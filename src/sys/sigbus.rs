@@ -31,7 +31,7 @@
 use std::cell::UnsafeCell;
 use std::sync::Once;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 
 /// How many queue mappings one process can have at once.
 pub const CAPACITY: usize = 4096;
@@ -43,7 +43,16 @@ struct Entry {
     seq: AtomicUsize,
     start: AtomicUsize,
     len: AtomicUsize,
+    /// Offset of the queue's lock word in the mapping (see `sync::mutex`),
+    /// `usize::MAX` for none.
+    lock_at: AtomicUsize,
+    /// This process's participant number in the queue, 0 until it joins.
+    member: AtomicU32,
     poisoned: AtomicBool,
+    /// Thread handling a fault in this mapping now, 0: none.
+    handling: AtomicU32,
+    /// The zero pages are in place.
+    done: AtomicBool,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -51,7 +60,11 @@ const EMPTY: Entry = Entry {
     seq: AtomicUsize::new(0),
     start: AtomicUsize::new(0),
     len: AtomicUsize::new(0),
+    lock_at: AtomicUsize::new(usize::MAX),
+    member: AtomicU32::new(0),
     poisoned: AtomicBool::new(false),
+    handling: AtomicU32::new(0),
+    done: AtomicBool::new(false),
 };
 
 static ENTRIES: [Entry; CAPACITY] = [EMPTY; CAPACITY];
@@ -84,10 +97,16 @@ pub struct Guarded {
 static NEVER: AtomicBool = AtomicBool::new(false);
 
 impl Guarded {
-    /// Registers `[start, start + len)`, a mapping of a queue file, and
-    /// installs the handler if this is the first one. `EMFILE` when
-    /// [`CAPACITY`] mappings are registered already.
-    pub fn new(start: *mut u8, len: usize) -> Result<Guarded, nix::errno::Errno> {
+    /// Registers `[start, start + len)`, a mapping of a queue file whose
+    /// lock word (if any) is at offset `lock_at`, and installs the handler
+    /// if this is the first one. `EMFILE` when [`CAPACITY`] mappings are
+    /// registered already.
+    pub fn new(
+        start: *mut u8,
+        len: usize,
+        lock_at: Option<usize>,
+    ) -> Result<Guarded, nix::errno::Errno> {
+        debug_assert!(lock_at.is_none_or(|o| o % 8 == 0 && o + 8 <= len));
         install();
         let start = start as usize;
         debug_assert!(start != 0 && len != 0);
@@ -101,6 +120,10 @@ impl Guarded {
             }
             std::sync::atomic::fence(Release);
             e.poisoned.store(false, Relaxed);
+            e.handling.store(0, Relaxed);
+            e.done.store(false, Relaxed);
+            e.member.store(0, Relaxed);
+            e.lock_at.store(lock_at.unwrap_or(usize::MAX), Relaxed);
             e.len.store(len, Relaxed);
             e.start.store(start, Relaxed);
             e.seq.store(s + 2, Release);
@@ -114,6 +137,14 @@ impl Guarded {
     /// it was answered with zero pages.
     pub fn flag(&self) -> &'static AtomicBool {
         &ENTRIES[self.slot].poisoned
+    }
+
+    /// Records this process's participant number in the queue: a lock
+    /// word that names it is marked as held by a dead owner when the
+    /// mapping is lost, so that the other participants take it over
+    /// instead of waiting for a release that cannot come.
+    pub fn set_member(&self, id: u32) {
+        ENTRIES[self.slot].member.store(id, Relaxed);
     }
 
     /// A flag that is never set, for memory that cannot fault.
@@ -187,35 +218,116 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     if code > 0
         && let Some((start, len, e)) = find(addr)
     {
-        // Marked before the pages change: a thread that reads a zero page
-        // then finds the mark (the remapping flushes every CPU's view of
-        // the old pages after this store).
-        e.poisoned.store(true, SeqCst);
         // SAFETY: errno is thread-local and always valid.
         let errno = unsafe { *libc::__errno_location() };
-        // SAFETY: [start, start + len) is a live mapping of this process
-        // (it is taken out of the registry before it is unmapped, and a
-        // thread faulting in it holds it); replacing it with private zero
-        // pages only changes what its users read, which they learn from
-        // the poison flag.
-        let p = unsafe {
-            libc::mmap(
-                start as *mut libc::c_void,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
+        let handled = lose(start, len, e);
         // SAFETY: as above.
         unsafe { *libc::__errno_location() = errno };
-        if p != libc::MAP_FAILED {
+        if handled {
             return;
         }
-        // No memory to map: nothing to do but die as the kernel would.
+        // No memory for the zero pages: nothing to do but die as the
+        // kernel would.
     }
     chain(sig, info, ctx, code);
+}
+
+/// A fault in mapping `e`: marks it poisoned, gives up the queue lock if
+/// this process holds it, and maps zero pages over it. One thread does it
+/// while the others that fault meanwhile wait; a fault inside (reading the
+/// lock word from a lost page) only maps the zero pages. Returns whether
+/// the zero pages are in place.
+fn lose(start: usize, len: usize, e: &Entry) -> bool {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+    loop {
+        match e.handling.compare_exchange(0, tid, Acquire, Acquire) {
+            Ok(_) => break,
+            Err(t) if t == tid => return zero(start, len, e),
+            Err(_) => {
+                while e.handling.load(Acquire) != 0 {
+                    // SAFETY: no preconditions.
+                    unsafe { libc::sched_yield() };
+                }
+                if e.done.load(Acquire) {
+                    return true;
+                }
+            }
+        }
+    }
+    // Marked before the pages change: a thread that reads a zero page
+    // then finds the mark (the remapping flushes every CPU's view of the
+    // old pages after this store).
+    e.poisoned.store(true, SeqCst);
+    release_lock(start, e);
+    let ok = zero(start, len, e);
+    e.handling.store(0, Release);
+    ok
+}
+
+/// If the queue's lock word names this process, marks its owner dead (as
+/// the kernel does for a robust futex whose owner exited) and wakes a
+/// sleeper: whoever takes it next repairs the queue. A thread of this
+/// process that held it goes on with zero pages and can never release it.
+fn release_lock(start: usize, e: &Entry) {
+    let at = e.lock_at.load(Relaxed);
+    let me = e.member.load(Relaxed);
+    if at == usize::MAX || me == 0 {
+        return;
+    }
+    // SAFETY: the word is an aligned u64 inside the live mapping (checked
+    // at registration); if its page is lost, reading it faults into `lose`
+    // again, which maps the zero pages, and the read then finds 0.
+    let w = unsafe { &*((start + at) as *const AtomicU64) };
+    let died = u64::from(crate::sync::mutex::FUTEX_OWNER_DIED);
+    let mut v = w.load(Relaxed);
+    loop {
+        if (v >> 32) as u32 != me || v & died != 0 {
+            return;
+        }
+        match w.compare_exchange(v, v | died, Relaxed, Relaxed) {
+            Ok(_) => break,
+            Err(x) => v = x,
+        }
+    }
+    // SAFETY: a futex wake on the word's low half (little-endian), which
+    // only reads the address; an error (the page went meanwhile) is
+    // harmless, since lock sleepers nap for bounded times.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            start + at,
+            libc::FUTEX_WAKE,
+            1,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        )
+    };
+}
+
+/// Maps private zero pages over `[start, start + len)`.
+fn zero(start: usize, len: usize, e: &Entry) -> bool {
+    e.poisoned.store(true, SeqCst);
+    // SAFETY: [start, start + len) is a live mapping of this process (it is
+    // taken out of the registry before it is unmapped, and a thread faulting
+    // in it holds it); replacing it with private zero pages only changes
+    // what its users read, which they learn from the poison flag.
+    let p = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    let ok = p != libc::MAP_FAILED;
+    if ok {
+        e.done.store(true, Release);
+    }
+    ok
 }
 
 /// Hands a signal that is not ours to the action installed before us.
@@ -267,8 +379,8 @@ mod tests {
 
     #[test]
     fn registry_finds_and_forgets_ranges() {
-        let a = Guarded::new(0x1000_0000 as *mut u8, 0x2000).unwrap();
-        let b = Guarded::new(0x2000_0000 as *mut u8, 0x1000).unwrap();
+        let a = Guarded::new(0x1000_0000 as *mut u8, 0x2000, None).unwrap();
+        let b = Guarded::new(0x2000_0000 as *mut u8, 0x1000, Some(64)).unwrap();
         assert!(INSTALLED.load(Relaxed));
         assert_eq!(find(0x1000_1fff).map(|f| f.0), Some(0x1000_0000));
         assert_eq!(find(0x2000_0000).map(|f| f.1), Some(0x1000));
