@@ -13,19 +13,29 @@
 //! instruction runs again on the zero pages. The engine looks at the mark
 //! (at least before an operation reports success, and before any wait or
 //! repair) and fails with `EBADMSG`; the queue stays damaged for this
-//! process until it is opened again, which refuses the shrunken file.
+//! process until it is opened again, which refuses the shrunken file. If
+//! the queue's lock word (in a page still there) names this process, the
+//! handler first marks its owner dead, as the kernel does for a robust
+//! futex whose owner exited: a thread of this process that held it can no
+//! longer release it, so the other participants take it over and repair
+//! instead of waiting for ever.
 //!
 //! Any other fault goes to whatever handler was installed before this one:
 //! `SIG_DFL` is restored and the fault happens again (or, for a `SIGBUS`
 //! sent by a process, the signal is raised again), `SIG_IGN` ignores a sent
 //! signal and lets a fault kill as the kernel would, and a handler is called
-//! with the same arguments. A handler installed after this one replaces it
+//! with the same arguments (without applying its `sa_mask` or
+//! `SA_RESETHAND`). A handler installed after this one replaces it
 //! (this module only chains while it is installed), and then truncation
 //! kills again.
 //!
 //! The handler is async-signal-safe: the registry of mappings is a fixed
-//! array of atomics (no allocation, no lock), and it calls only `mmap`,
-//! `sigaction`, `raise` and the previous handler.
+//! array of atomics (no allocation, no lock), and it makes only system
+//! calls (`mmap`, `futex`, `gettid`, `sched_yield`, `sigaction`, `raise`)
+//! and calls the previous handler. It is installed with `SA_NODEFER`: a
+//! fault inside it (reading the lock word from a lost page) comes back to
+//! it instead of killing the process. A thread that blocks `SIGBUS` is not
+//! protected: the kernel kills on a fault with the signal blocked.
 #![allow(unsafe_code)]
 
 use std::cell::UnsafeCell;
