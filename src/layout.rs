@@ -639,6 +639,12 @@ impl Mapping {
     pub fn set_member(&self, id: u32) {
         self.guard.set_member(id);
     }
+
+    /// Marks the region poisoned (see [`Region::poisoned`]): the file was
+    /// found shrunk without a fault.
+    pub fn poison(&self) {
+        self.guard.poison();
+    }
 }
 
 /// Offset of the lock word in the file.

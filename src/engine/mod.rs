@@ -241,12 +241,16 @@ impl Queue {
         Ok(())
     }
 
-    /// Whether the file still has its size; if not, poisons nothing (the
-    /// next touch of a lost page does) but reports the damage now.
+    /// Whether the file still has all of its size; if not, the queue is
+    /// damaged for this process from now on, as if a lost page had been
+    /// touched.
     pub(super) fn check_file(&self) -> Result<()> {
         self.check_poison()?;
         match sys::fstat(self.file.as_raw_fd()) {
-            Ok(fi) if fi.size != self.geo.file_size as u64 => Err(shrunk()),
+            Ok(fi) if fi.size < self.geo.file_size as u64 => {
+                self.map.poison();
+                Err(shrunk())
+            }
             _ => Ok(()),
         }
     }

@@ -157,6 +157,12 @@ impl Guarded {
         ENTRIES[self.slot].member.store(id, Relaxed);
     }
 
+    /// Marks the mapping poisoned without a fault: the file was found
+    /// shrunk by other means.
+    pub fn poison(&self) {
+        ENTRIES[self.slot].poisoned.store(true, SeqCst);
+    }
+
     /// A flag that is never set, for memory that cannot fault.
     pub fn never() -> &'static AtomicBool {
         &NEVER
@@ -242,6 +248,10 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     chain(sig, info, ctx, code);
 }
 
+/// How many times a thread that faults while another handles the same
+/// mapping yields before it maps the zero pages itself.
+const WAIT_TURNS: u32 = 100_000;
+
 /// A fault in mapping `e`: marks it poisoned, gives up the queue lock if
 /// this process holds it, and maps zero pages over it. One thread does it
 /// while the others that fault meanwhile wait; a fault inside (reading the
@@ -255,7 +265,15 @@ fn lose(start: usize, len: usize, e: &Entry) -> bool {
             Ok(_) => break,
             Err(t) if t == tid => return zero(start, len, e),
             Err(_) => {
+                let mut turns = 0u32;
                 while e.handling.load(Acquire) != 0 {
+                    turns += 1;
+                    if turns > WAIT_TURNS {
+                        // The other thread does not finish (a child forked
+                        // while it was in here has no such thread): do
+                        // without it.
+                        return zero(start, len, e);
+                    }
                     // SAFETY: no preconditions.
                     unsafe { libc::sched_yield() };
                 }
@@ -328,7 +346,9 @@ fn zero(start: usize, len: usize, e: &Entry) -> bool {
             start as *mut libc::c_void,
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            // No swap reserved: they stay zero pages unless written, and a
+            // large queue must not fail for want of commit charge.
+            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
         )
