@@ -89,9 +89,11 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// installed and only read afterwards.
 struct Previous(UnsafeCell<libc::sigaction>);
 
-// SAFETY: written once inside `INSTALL.call_once`, before the handler that
-// reads it can run (the `sigaction` call that installs it orders the two);
-// read-only afterwards.
+// SAFETY: written only inside `INSTALL.call_once`: first by a `sigaction`
+// that installs nothing, then once more by the one that installs the
+// handler, with the same bytes (unless another thread changed the action
+// in between, and then with the action that ours really replaced); the
+// handler only reads it, and only once it is installed.
 unsafe impl Sync for Previous {}
 
 // SAFETY: an all-zero sigaction is SIG_DFL with an empty mask.
@@ -191,10 +193,8 @@ fn install() {
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
         // SAFETY: sa_mask is valid storage for a sigset_t.
         unsafe { libc::sigemptyset(&mut sa.sa_mask) };
-        // SAFETY: PREVIOUS is written only here, once, before the handler
-        // that reads it is installed (it is read first, then ours replaces
-        // it: nothing else installs SIGBUS handlers in between through this
-        // module); the pointers are valid.
+        // SAFETY: the pointers are valid; PREVIOUS is filled before the
+        // handler that reads it can run (see `Previous`).
         let r = unsafe {
             libc::sigaction(libc::SIGBUS, std::ptr::null(), PREVIOUS.0.get());
             // A sent SIGBUS restarts system calls exactly when the previous
