@@ -54,7 +54,7 @@ struct Entry {
     start: AtomicUsize,
     len: AtomicUsize,
     /// Offset of the queue's lock word in the mapping (see `sync::mutex`),
-    /// `usize::MAX` for none.
+    /// plus one; 0 for none (so that the registry is all zeros, in `.bss`).
     lock_at: AtomicUsize,
     /// This process's participant number in the queue, 0 until it joins.
     member: AtomicU32,
@@ -70,7 +70,7 @@ const EMPTY: Entry = Entry {
     seq: AtomicUsize::new(0),
     start: AtomicUsize::new(0),
     len: AtomicUsize::new(0),
-    lock_at: AtomicUsize::new(usize::MAX),
+    lock_at: AtomicUsize::new(0),
     member: AtomicU32::new(0),
     poisoned: AtomicBool::new(false),
     handling: AtomicU32::new(0),
@@ -135,7 +135,7 @@ impl Guarded {
             e.handling.store(0, Relaxed);
             e.done.store(false, Relaxed);
             e.member.store(0, Relaxed);
-            e.lock_at.store(lock_at.unwrap_or(usize::MAX), Relaxed);
+            e.lock_at.store(lock_at.map_or(0, |o| o + 1), Relaxed);
             e.len.store(len, Relaxed);
             e.start.store(start, Relaxed);
             e.seq.store(s + 2, Release);
@@ -298,9 +298,11 @@ fn lose(start: usize, len: usize, e: &Entry) -> bool {
 /// sleeper: whoever takes it next repairs the queue. A thread of this
 /// process that held it goes on with zero pages and can never release it.
 fn release_lock(start: usize, e: &Entry) {
-    let at = e.lock_at.load(Relaxed);
     let me = e.member.load(Relaxed);
-    if at == usize::MAX || me == 0 {
+    let Some(at) = e.lock_at.load(Relaxed).checked_sub(1) else {
+        return;
+    };
+    if me == 0 {
         return;
     }
     // SAFETY: the word is an aligned u64 inside the live mapping (checked
