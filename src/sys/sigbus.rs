@@ -29,8 +29,9 @@
 //! (this module only chains while it is installed), and then truncation
 //! kills again.
 //!
-//! The handler is async-signal-safe: the registry of mappings is a fixed
-//! array of atomics (no allocation, no lock), and it makes only system
+//! The handler is async-signal-safe: the registry of mappings is made of
+//! blocks of atomics, allocated outside the handler and never freed (it
+//! allocates nothing and takes no lock), and it makes only system
 //! calls (`mmap`, `futex`, `gettid`, `sched_yield`, `sigaction`, `raise`)
 //! and calls the previous handler. It is installed with `SA_NODEFER`: a
 //! fault inside it (reading the lock word from a lost page) comes back to
@@ -41,10 +42,16 @@
 use std::cell::UnsafeCell;
 use std::sync::Once;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
 
-/// How many queue mappings one process can have at once.
-pub const CAPACITY: usize = 4096;
+/// Entries per block of the registry.
+const BLOCK: usize = 256;
+/// Blocks of the registry: allocated when needed, never freed, so that the
+/// handler can read any block it finds at any time.
+const BLOCKS: usize = 256;
+/// How many queue mappings one process can have at once (65,536: far more
+/// than the file descriptors three per queue would allow by default).
+pub const CAPACITY: usize = BLOCK * BLOCKS;
 
 /// One mapping: `[start, start + len)`. `seq` is odd while the entry is
 /// being written (a seqlock: the handler skips an entry whose `seq` moved
@@ -65,19 +72,51 @@ struct Entry {
     done: AtomicBool,
 }
 
-#[allow(clippy::declare_interior_mutable_const)]
-const EMPTY: Entry = Entry {
-    seq: AtomicUsize::new(0),
-    start: AtomicUsize::new(0),
-    len: AtomicUsize::new(0),
-    lock_at: AtomicUsize::new(0),
-    member: AtomicU32::new(0),
-    poisoned: AtomicBool::new(false),
-    handling: AtomicU32::new(0),
-    done: AtomicBool::new(false),
-};
+impl Entry {
+    const fn empty() -> Entry {
+        Entry {
+            seq: AtomicUsize::new(0),
+            start: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            lock_at: AtomicUsize::new(0),
+            member: AtomicU32::new(0),
+            poisoned: AtomicBool::new(false),
+            handling: AtomicU32::new(0),
+            done: AtomicBool::new(false),
+        }
+    }
+}
 
-static ENTRIES: [Entry; CAPACITY] = [EMPTY; CAPACITY];
+/// The registry: blocks of entries, each allocated when needed.
+static REGISTRY: [AtomicPtr<Entry>; BLOCKS] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; BLOCKS];
+
+/// Entry `i`, if its block exists.
+fn entry(i: usize) -> Option<&'static Entry> {
+    let block = REGISTRY.get(i / BLOCK)?.load(Acquire);
+    // SAFETY: a non-null block is a leaked, never freed `[Entry; BLOCK]`.
+    (!block.is_null()).then(|| unsafe { &*block.add(i % BLOCK) })
+}
+
+/// Block `b`, allocated if needed (never from the handler).
+fn block(b: usize) -> *mut Entry {
+    let slot = &REGISTRY[b];
+    let p = slot.load(Acquire);
+    if !p.is_null() {
+        return p;
+    }
+    let fresh = Box::into_raw(Box::new([const { Entry::empty() }; BLOCK])).cast::<Entry>();
+    match slot.compare_exchange(std::ptr::null_mut(), fresh, AcqRel, Acquire) {
+        Ok(_) => fresh,
+        Err(theirs) => {
+            // SAFETY: `fresh` came from Box::into_raw just above and was
+            // never published.
+            drop(unsafe { Box::from_raw(fresh.cast::<[Entry; BLOCK]>()) });
+            theirs
+        }
+    }
+}
+
 /// One past the highest entry ever used: the handler looks no further.
 static HIGH: AtomicUsize = AtomicUsize::new(0);
 /// Installs the handler once.
@@ -122,7 +161,11 @@ impl Guarded {
         install();
         let start = start as usize;
         debug_assert!(start != 0 && len != 0);
-        for (i, e) in ENTRIES.iter().enumerate() {
+        for i in 0..CAPACITY {
+            if i % BLOCK == 0 {
+                block(i / BLOCK);
+            }
+            let Some(e) = entry(i) else { continue };
             let s = e.seq.load(Relaxed);
             if s % 2 != 0 || e.start.load(Relaxed) != 0 {
                 continue;
@@ -148,7 +191,7 @@ impl Guarded {
     /// The poison flag of this mapping: set by the handler once a fault in
     /// it was answered with zero pages.
     pub fn flag(&self) -> &'static AtomicBool {
-        &ENTRIES[self.slot].poisoned
+        &self.entry().poisoned
     }
 
     /// Records this process's participant number in the queue: a lock
@@ -156,13 +199,17 @@ impl Guarded {
     /// mapping is lost, so that the other participants take it over
     /// instead of waiting for a release that cannot come.
     pub fn set_member(&self, id: u32) {
-        ENTRIES[self.slot].member.store(id, Relaxed);
+        self.entry().member.store(id, Relaxed);
     }
 
     /// Marks the mapping poisoned without a fault: the file was found
     /// shrunk by other means.
     pub fn poison(&self) {
-        ENTRIES[self.slot].poisoned.store(true, SeqCst);
+        self.entry().poisoned.store(true, SeqCst);
+    }
+
+    fn entry(&self) -> &'static Entry {
+        entry(self.slot).expect("a registered entry's block exists")
     }
 
     /// A flag that is never set, for memory that cannot fault.
@@ -175,7 +222,7 @@ impl Drop for Guarded {
     /// Takes the range out of the registry; the caller unmaps afterwards,
     /// so the handler never maps over an address that was reused.
     fn drop(&mut self) {
-        let e = &ENTRIES[self.slot];
+        let e = self.entry();
         let s = e.seq.load(Relaxed);
         e.seq.store(s + 1, Relaxed);
         std::sync::atomic::fence(Release);
@@ -209,7 +256,7 @@ fn install() {
 /// The registered mapping that holds `addr`: `(start, len, entry)`.
 fn find(addr: usize) -> Option<(usize, usize, &'static Entry)> {
     let high = HIGH.load(Acquire).min(CAPACITY);
-    for e in &ENTRIES[..high] {
+    for e in (0..high).filter_map(entry) {
         let s1 = e.seq.load(Acquire);
         if s1 % 2 != 0 {
             continue;
@@ -423,5 +470,21 @@ mod tests {
         assert!(find(0x2000_0fff).is_some());
         drop(b);
         assert!(find(0x2000_0000).is_none());
+    }
+
+    #[test]
+    fn registry_grows_past_a_block() {
+        let base = 0x3000_0000usize;
+        let all: Vec<Guarded> = (0..BLOCK + 10)
+            .map(|i| Guarded::new((base + i * 0x1000) as *mut u8, 0x1000, None).unwrap())
+            .collect();
+        for i in [0, BLOCK - 1, BLOCK, BLOCK + 9] {
+            assert_eq!(
+                find(base + i * 0x1000 + 5).map(|f| f.0),
+                Some(base + i * 0x1000)
+            );
+        }
+        drop(all);
+        assert!(find(base + BLOCK * 0x1000).is_none());
     }
 }
