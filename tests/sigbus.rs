@@ -40,7 +40,7 @@ fn marker(dir: &Path, what: &str) -> PathBuf {
     dir.join(format!("marker-{what}"))
 }
 
-/// Child: loops on send+receive in one thread and on getattr in another
+/// Child: loops on send+receive in one thread and on getattr in three others
 /// until each gets an error, which must be `EBADMSG`; every later call must
 /// fail the same way, and opening the queue again must refuse it.
 fn looper(dir: &Path, name: &str) {
@@ -50,18 +50,21 @@ fn looper(dir: &Path, name: &str) {
     std::thread::scope(|s| {
         let q = &q;
         let rounds = &rounds;
-        s.spawn(move || {
-            loop {
-                match q.attributes() {
-                    Ok(_) => {}
-                    Err(e) => {
-                        assert!(is_damage(&e), "getattr: {e}");
-                        return;
+        // Threads that fault at once: one handles it, the others wait.
+        for _ in 0..3 {
+            s.spawn(move || {
+                loop {
+                    match q.attributes() {
+                        Ok(_) => {}
+                        Err(e) => {
+                            assert!(is_damage(&e), "getattr: {e}");
+                            return;
+                        }
                     }
+                    rounds.fetch_add(1, Relaxed);
                 }
-                rounds.fetch_add(1, Relaxed);
-            }
-        });
+            });
+        }
         let msg = vec![0x5a; len];
         let mut buf = vec![0; len];
         let mut n = 0u64;
