@@ -152,10 +152,6 @@ impl Description {
             return Err(Error::Corrupted(c.0.into()));
         }
         h.sent.b.add(1);
-        if r.poisoned() {
-            // The file shrank meanwhile and took the message with it.
-            return Err(super::shrunk());
-        }
         let wake = g.prepare_wake(Side::Recv);
         let notify = if was_empty {
             crate::notify::should_fire(&g, q)
@@ -166,6 +162,10 @@ impl Description {
         q.wake(Side::Recv, wake);
         if let Some(n) = notify {
             crate::notify::fire(n);
+        }
+        if r.poisoned() {
+            // The file shrank meanwhile and took the message with it.
+            return Err(super::shrunk());
         }
         Ok(())
     }
@@ -262,14 +262,14 @@ impl Description {
             return Err(Error::Corrupted(c.0.into()));
         }
         h.received.a.add(1);
+        let wake = g.prepare_wake(Side::Send);
+        drop(g);
+        q.wake(Side::Send, wake);
         if r.poisoned() {
             // Read from the zero pages that stand in for a lost part of the
             // file: no message.
             return Err(super::shrunk());
         }
-        let wake = g.prepare_wake(Side::Send);
-        drop(g);
-        q.wake(Side::Send, wake);
         Ok((len, prio))
     }
 }
