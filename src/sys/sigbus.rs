@@ -330,6 +330,12 @@ fn lose(start: usize, len: usize, e: &Entry) -> bool {
             }
         }
     }
+    if e.done.load(Acquire) {
+        // A fault on the old pages, delivered after another thread had
+        // replaced them: the access now finds the zero pages.
+        e.handling.store(0, Release);
+        return true;
+    }
     // Marked before the pages change: a thread that reads a zero page
     // then finds the mark (the remapping flushes every CPU's view of the
     // old pages after this store).
