@@ -16,6 +16,9 @@ use std::time::Duration;
 const WATCHDOG: Duration = Duration::from_secs(20);
 /// Environment variable naming the queue for a child.
 const QUEUE: &str = "SHMQ_TEST_QUEUE";
+/// Environment variable naming the queue's directory for a child, when it
+/// is not the test's directory.
+const QUEUE_DIR: &str = "SHMQ_TEST_QUEUE_DIR";
 
 /// Whether `e` is the error of a damaged queue: `EBADMSG`, described.
 fn is_damage(e: &std::io::Error) -> bool {
@@ -297,12 +300,13 @@ fn a_holed_queue_is_refused_at_open_and_survived_by_its_users() {
     }
 }
 
-/// Child: fills the queue and empties it, over and over (touching every
-/// slot), until a call fails; it must fail with `EBADMSG`.
-fn cycler(dir: &Path, name: &str) {
+/// Child: fills the queue in `qdir` and empties it, over and over
+/// (touching every slot), until a call fails; it must fail with `EBADMSG`.
+/// Its marker (and its output) go to `dir`, which is not the full one.
+fn cycler(dir: &Path, qdir: &Path, name: &str) {
     let q = OpenOptions::readwrite()
         .nonblocking()
-        .dir(dir)
+        .dir(qdir)
         .open(name)
         .unwrap();
     let len = q.attributes().unwrap().max_msg_len;
@@ -348,7 +352,8 @@ fn fill(dir: &Path, tag: &str) -> PathBuf {
 #[test]
 fn holes_punched_on_a_full_tmpfs_leave_the_writer_alive() {
     if role().as_deref() == Some("cycler") {
-        return cycler(&child_dir(), &std::env::var(QUEUE).unwrap());
+        let qdir = PathBuf::from(std::env::var(QUEUE_DIR).unwrap());
+        return cycler(&child_dir(), &qdir, &std::env::var(QUEUE).unwrap());
     }
     if !is_root() {
         eprintln!(
@@ -383,13 +388,14 @@ fn holes_punched_on_a_full_tmpfs_leave_the_writer_alive() {
     let mut kid = child(
         "holes_punched_on_a_full_tmpfs_leave_the_writer_alive",
         "cycler",
-        &mnt,
+        d.path(),
     )
     .env(QUEUE, "/full")
+    .env(QUEUE_DIR, &mnt)
     .spawn()
     .unwrap();
     eventually("the cycler runs", WATCHDOG, || {
-        marker(&mnt, "cycler").exists()
+        marker(d.path(), "cycler").exists()
     });
     // Holes over the slots, and the freed room taken at once, with the
     // cycler stopped so that it cannot fill them back first.
