@@ -284,6 +284,7 @@ impl Inspector {
             problem,
         };
         drop(g);
+        q.check_poison()?;
         Ok(info)
     }
 
@@ -317,6 +318,7 @@ impl Inspector {
             .map_err(|c| Error::Corrupted(c.0.into()))?;
         }
         drop(g);
+        q.check_poison()?;
         Ok(out)
     }
 
@@ -355,6 +357,7 @@ impl Inspector {
         if sleepers {
             crate::sync::futex::wake(&h.not_full.0, i32::MAX);
         }
+        q.check_poison()?;
         Ok(n)
     }
 }

@@ -20,8 +20,9 @@
 //! ```
 #![allow(unsafe_code)]
 
+use crate::sys::sigbus::Guarded;
 use std::mem::{offset_of, size_of};
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// `"SHMQUEUE"` read as a little-endian integer.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQUEUE");
@@ -340,6 +341,9 @@ pub struct Region {
     base: *mut u8,
     len: usize,
     geo: Geometry,
+    /// Set when the mapping was found shrunk under this process and
+    /// replaced by zero pages (see `sys::sigbus`).
+    poison: &'static AtomicBool,
 }
 
 // SAFETY: the region only hands out references to atomics (which are Sync)
@@ -417,7 +421,12 @@ impl Region {
                 )));
             }
         }
-        Ok(Region { base, len, geo })
+        Ok(Region {
+            base,
+            len,
+            geo,
+            poison: Guarded::never(),
+        })
     }
 
     /// Writes a fresh, empty queue over zeroed bytes (all slots free).
@@ -430,7 +439,12 @@ impl Region {
     /// geo.file_size`, and no other process can see them yet.
     pub unsafe fn format(base: *mut u8, len: usize, geo: Geometry, mode: u32) -> Region {
         assert_eq!(len, geo.file_size);
-        let r = Region { base, len, geo };
+        let r = Region {
+            base,
+            len,
+            geo,
+            poison: Guarded::never(),
+        };
         let h = r.header();
         h.magic.store(MAGIC, Relaxed);
         h.version.store(VERSION, Relaxed);
@@ -459,6 +473,15 @@ impl Region {
     /// The validated geometry.
     pub fn geometry(&self) -> Geometry {
         self.geo
+    }
+
+    /// Whether the file shrank under this mapping (truncated, or a hole
+    /// that could not be filled): the bytes read since may be zeros that
+    /// stand in for the lost pages, and nothing read from the region can be
+    /// trusted any more. Stays set for the life of the mapping.
+    #[inline(always)]
+    pub fn poisoned(&self) -> bool {
+        self.poison.load(Relaxed)
     }
 
     /// The header.
@@ -529,8 +552,14 @@ impl Region {
 }
 
 /// A queue file mapped into this process, with its [`Region`].
+///
+/// The mapping is registered with the `SIGBUS` handler (`sys::sigbus`) for
+/// as long as it exists: a file that shrinks under it poisons the region
+/// instead of killing the process. Fields drop in order: the registration
+/// goes before the mapping.
 pub struct Mapping {
     region: Region,
+    guard: Guarded,
     _map: memmap2::MmapRaw,
 }
 
@@ -541,6 +570,8 @@ pub enum MapError {
     Os(nix::errno::Errno),
     /// The bytes are not a usable queue.
     Header(HeaderError),
+    /// The file shrank while it was being mapped and checked.
+    Shrunk,
 }
 
 fn map_file(file: &std::fs::File, len: usize) -> Result<memmap2::MmapRaw, nix::errno::Errno> {
@@ -560,11 +591,22 @@ impl Mapping {
             )));
         }
         let map = map_file(file, len).map_err(MapError::Os)?;
+        // Registered before the first read: the file may shrink already.
+        let guard = Guarded::new(map.as_mut_ptr(), len, Some(LOCK_WORD)).map_err(MapError::Os)?;
         // SAFETY: the mapping is page-aligned, `len` bytes long and lives as
         // long as the returned value (which owns it); all access to it goes
         // through Region.
-        let region = unsafe { Region::open(map.as_mut_ptr(), len) }.map_err(MapError::Header)?;
-        Ok(Mapping { region, _map: map })
+        let opened = unsafe { Region::open(map.as_mut_ptr(), len) };
+        if guard.flag().load(Relaxed) {
+            return Err(MapError::Shrunk);
+        }
+        let mut region = opened.map_err(MapError::Header)?;
+        region.poison = guard.flag();
+        Ok(Mapping {
+            region,
+            guard,
+            _map: map,
+        })
     }
 
     /// Maps a new, zero-filled file of `geo.file_size` bytes that no other
@@ -576,16 +618,37 @@ impl Mapping {
         mode: u32,
     ) -> Result<Mapping, nix::errno::Errno> {
         let map = map_file(file, geo.file_size)?;
+        let guard = Guarded::new(map.as_mut_ptr(), geo.file_size, Some(LOCK_WORD))?;
         // SAFETY: as in `open`; the file is new, zeroed and private to us.
-        let region = unsafe { Region::format(map.as_mut_ptr(), geo.file_size, geo, mode) };
-        Ok(Mapping { region, _map: map })
+        let mut region = unsafe { Region::format(map.as_mut_ptr(), geo.file_size, geo, mode) };
+        region.poison = guard.flag();
+        Ok(Mapping {
+            region,
+            guard,
+            _map: map,
+        })
     }
 
     /// The queue inside.
     pub fn region(&self) -> &Region {
         &self.region
     }
+
+    /// Records this process's participant number (see
+    /// `Guarded::set_member`).
+    pub fn set_member(&self, id: u32) {
+        self.guard.set_member(id);
+    }
+
+    /// Marks the region poisoned (see [`Region::poisoned`]): the file was
+    /// found shrunk without a fault.
+    pub fn poison(&self) {
+        self.guard.poison();
+    }
 }
+
+/// Offset of the lock word in the file.
+const LOCK_WORD: usize = offset_of!(Header, lock) + offset_of!(LockLine, word);
 
 /// An empty queue formatted in a heap buffer: the algorithm without a file,
 /// for unit tests and property tests.

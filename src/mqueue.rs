@@ -153,7 +153,8 @@ pub fn mq_close(mqdes: MqdT) -> Result<()> {
 /// highest priority; returns its length and stores its priority.
 ///
 /// # Errors
-/// `EAGAIN`, `EBADF`, `EINTR`, `EMSGSIZE`.
+/// `EAGAIN`, `EBADF`, `EINTR`, `EMSGSIZE`; `EBADMSG` once the queue is
+/// damaged (its file shrank under this process, see the README).
 pub fn mq_receive(mqdes: &MqdT, message: &mut [u8], msg_prio: &mut u32) -> Result<usize> {
     let (len, prio) = errno(mqdes.0.desc().receive(message, None))?;
     *msg_prio = prio;
@@ -180,7 +181,8 @@ pub fn mq_timedreceive(
 /// `mq_send(mqdes, msg, len, prio)`—Adds a message.
 ///
 /// # Errors
-/// `EAGAIN`, `EBADF`, `EINTR`, `EINVAL` (priority ≥ 32768), `EMSGSIZE`.
+/// `EAGAIN`, `EBADF`, `EINTR`, `EINVAL` (priority ≥ 32768), `EMSGSIZE`;
+/// `EBADMSG` once the queue is damaged.
 pub fn mq_send(mqdes: &MqdT, message: &[u8], msq_prio: u32) -> Result<()> {
     errno(mqdes.0.desc().send(msq_prio, message, None))
 }
@@ -302,7 +304,7 @@ fn to_mq_attr(a: crate::engine::Attr) -> MqAttr {
 /// `mq_getattr(mqdes)`—Flags, capacity, message size and current count.
 ///
 /// # Errors
-/// None in practice.
+/// `EBADMSG` once the queue is damaged; none otherwise in practice.
 pub fn mq_getattr(mqd: &MqdT) -> Result<MqAttr> {
     errno(mqd.0.desc().attr()).map(to_mq_attr)
 }

@@ -345,8 +345,10 @@ pub fn front(r: &Region) -> QResult<Option<(u32, u32, usize)>> {
     let Some(prio) = top_prio(r, u32::MAX)? else {
         return Ok(None);
     };
+    // Read again: another process may have emptied it since (NIL wraps to
+    // an index out of range).
     let tail = r.header().tails[prio as usize].load(Relaxed);
-    let head = slot(r, tail - 1)?.next.load(Relaxed);
+    let head = slot(r, tail.wrapping_sub(1))?.next.load(Relaxed);
     let len = queued_head(r, slot(r, head)?, prio)?;
     Ok(Some((head, prio, len)))
 }
@@ -379,8 +381,10 @@ pub fn pop_front(r: &Region, guess: u32) -> QResult<Option<(u32, u32, usize)>> {
     };
     let h = r.header();
     let tail_word = &h.tails[prio as usize];
+    // Read again: another process may have emptied it since (NIL wraps to
+    // an index out of range).
     let tail = tail_word.load(Relaxed);
-    let t = slot(r, tail - 1)?;
+    let t = slot(r, tail.wrapping_sub(1))?;
     let idx = t.next.load(Relaxed);
     let s = slot(r, idx)?;
     let len = queued_head(r, s, prio)?;
@@ -643,6 +647,11 @@ pub fn rebuild(r: &Region, alive: &mut dyn FnMut(u32, Option<u32>) -> bool) -> R
                 free.push(i);
             }
         }
+    }
+    if r.poisoned() {
+        // The file shrank under us: what was read is zeros, and writing
+        // the lists back would only fill private pages with them.
+        return rep;
     }
     for t in &h.tails {
         t.store(NIL, Relaxed);

@@ -416,3 +416,27 @@ int main(void) {
         let _ = std::fs::remove_dir_all(&queue_dir);
     }
 }
+
+/// A queue file truncated under an unmodified C program that uses the
+/// drop-in (`tests/c_preload/`): its calls fail with `EBADMSG`, it does not
+/// die of `SIGBUS`.
+#[test]
+fn the_drop_in_survives_a_truncated_queue() {
+    let libdir = build_libraries();
+    let build = libdir.join("c-tests");
+    std::fs::create_dir_all(&build).unwrap();
+    let queue_dir = queue_dir("sigbus");
+    let v = Variant {
+        name: "unmodified + LD_PRELOAD",
+        flags: vec![],
+        libs: vec!["-lrt".into(), "-lpthread".into()],
+        preload: true,
+    };
+    for src in sources_in("tests/c_preload") {
+        let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
+        let bin = build.join(format!("{stem}-preload"));
+        compile(&src, &bin, &v);
+        run(&bin, &v, &libdir, &queue_dir);
+    }
+    let _ = std::fs::remove_dir_all(&queue_dir);
+}

@@ -66,6 +66,10 @@ const SPIN_PROBE_EVERY: u32 = 32;
 const LOCK_SPIN_NS: u32 = 5_000;
 /// How often a sleeper looks for dead processes holding slots mid-copy.
 const INFLIGHT_POLL: Duration = Duration::from_millis(10);
+/// How often a sleeper with nothing else to watch looks whether the queue
+/// file shrank under it (see `sys::sigbus`): nobody can wake it once it
+/// has.
+const FILE_CHECK: Duration = Duration::from_secs(1);
 /// How often a sleeper of the C API returns to look for a pending thread
 /// cancellation (`pthread_cancel`), when it asked to.
 const CANCEL_POLL: Duration = mutex::CANCEL_POLL;
@@ -157,6 +161,17 @@ pub struct Attr {
     pub curmsgs: i64,
 }
 
+/// The error for a queue whose file shrank under this process.
+#[cold]
+#[inline(never)]
+pub(crate) fn shrunk() -> Error {
+    Error::Corrupted(
+        "the queue file shrank under this process (truncated, or a hole that could not be \
+         filled); open it again"
+            .into(),
+    )
+}
+
 fn corrupted(e: HeaderError) -> Error {
     match e {
         HeaderError::NotAQueue(why) => Error::NotAQueue(why.to_string()),
@@ -215,6 +230,31 @@ impl Queue {
         self.geo
     }
 
+    /// `Err` once the queue file shrank under this process (see
+    /// [`Region::poisoned`]): every call on the queue then fails with
+    /// `EBADMSG` until the queue is opened again.
+    #[inline(always)]
+    pub fn check_poison(&self) -> Result<()> {
+        if self.region().poisoned() {
+            return Err(shrunk());
+        }
+        Ok(())
+    }
+
+    /// Whether the file still has all of its size; if not, the queue is
+    /// damaged for this process from now on, as if a lost page had been
+    /// touched.
+    pub(super) fn check_file(&self) -> Result<()> {
+        self.check_poison()?;
+        match sys::fstat(self.file.as_raw_fd()) {
+            Ok(fi) if fi.size < self.geo.file_size as u64 => {
+                self.map.poison();
+                Err(shrunk())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Path of the queue file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -258,6 +298,7 @@ impl Queue {
             Ok(sys::open_existing(dir.fd(), fname)?)
         };
         let m = Member::join(&self.file, &h.next_member, &reopen)?;
+        self.map.set_member(m.id());
         Ok(self.member.set(m))
     }
 
@@ -313,17 +354,18 @@ impl Queue {
         let alive = |id: u32, tid: u32| m.thread_alive(id, tid);
         match mutex::lock(r, m.id(), self.lock_spin(), wait, &alive) {
             Ok((Acquired::Clean, held)) => Ok(Guard { q: self, held }),
-            Ok((Acquired::OwnerDied, held)) => Ok(self.recover(m, held)),
+            Ok((Acquired::OwnerDied, held)) => self.recover(m, held),
             Err(e) => Err(lock_error(e)),
         }
     }
 
     /// The lock's last owner died: repairs the queue.
     #[cold]
-    fn recover(&self, m: &Member, held: mutex::Held) -> Guard<'_> {
+    fn recover(&self, m: &Member, held: mutex::Held) -> Result<Guard<'_>> {
         let g = Guard { q: self, held };
+        self.check_poison()?;
         queue::rebuild(self.region(), &mut Self::alive_fn(m));
-        g
+        Ok(g)
     }
 
     /// Under the lock: rolls back slots held mid-copy by dead members, and
@@ -332,7 +374,7 @@ impl Queue {
     pub fn reap_inflight(&self, _g: &Guard<'_>) -> bool {
         let r = self.region();
         let h = r.header();
-        if h.lock.ninflight.load(Relaxed) == 0 {
+        if h.lock.ninflight.load(Relaxed) == 0 || r.poisoned() {
             return false;
         }
         let Ok(m) = self.member() else { return false };
@@ -351,6 +393,7 @@ impl Queue {
     /// Under the lock: repairs after an inconsistency, failing after a few
     /// attempts in a row (the file is being damaged faster than repaired).
     fn repair(&self, _g: &Guard<'_>, c: Corrupt, attempts: &mut u32) -> Result<()> {
+        self.check_poison()?;
         *attempts += 1;
         if *attempts > 3 {
             return Err(Error::Corrupted(c.0.into()));

@@ -7,6 +7,11 @@ use crate::name::QueueDir;
 /// special bit that records its write permission).
 const CLASSES: [(u32, u32); 3] = [(6, libc::S_ISUID), (3, libc::S_ISGID), (0, libc::S_ISVTX)];
 
+/// How many bytes of a queue file may be unallocated (holes) before it is
+/// refused as sparse, besides an eighth of its size: file systems that
+/// compress or deduplicate may report a little less than the size.
+const SPARSE_SLACK: u64 = 1 << 20;
+
 /// The file mode that carries a queue's permission bits.
 ///
 /// Every participant writes the mapping (a receive changes it), so whoever
@@ -80,9 +85,22 @@ impl Queue {
                 Error::NotAQueue("file is smaller than a queue header".into())
             });
         }
+        // A queue's pages are all reserved when it is created (`reserve`).
+        // A file with far fewer allocated is sparse: made by hand or holed
+        // since. Mapping it would fill its holes at every touch, or fail
+        // to and raise SIGBUS on a full file system.
+        let missing = (len as u64).saturating_sub(fi.allocated);
+        if missing > SPARSE_SLACK && missing > len as u64 / 8 {
+            return Err(Error::Corrupted(format!(
+                "only {} of its {len} bytes are allocated: a sparse file, not a queue as \
+                 created",
+                fi.allocated
+            )));
+        }
         let map = Mapping::open(file, len).map_err(|e| match e {
             MapError::Os(e) => Error::Os(e),
             MapError::Header(h) => corrupted(h),
+            MapError::Shrunk => shrunk(),
         })?;
         Queue::new(map, path, name, fi, file)
     }
@@ -248,7 +266,8 @@ impl Handle {
 
     /// `mq_notify` on this descriptor.
     pub fn notify(&self, how: Option<crate::notify::Notification>) -> Result<()> {
-        crate::notify::register(&self.desc, how)
+        crate::notify::register(&self.desc, how)?;
+        self.desc.queue.check_poison()
     }
 
     /// `dup`: a new descriptor sharing this one's open description.

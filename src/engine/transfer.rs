@@ -41,6 +41,7 @@ impl Description {
             Err(Error::Os(Errno::EAGAIN)) => q.region().header().lock.curmsgs.load(Relaxed),
             Err(e) => return Err(e),
         };
+        q.check_poison()?;
         Ok(Attr {
             flags: if self.nonblocking() {
                 libc::O_NONBLOCK as i64
@@ -82,6 +83,9 @@ impl Description {
         let q = &self.queue;
         let mut w = Waiting::new(wait.cancel_poll);
         let out = loop {
+            if let Err(e) = q.check_poison() {
+                break Err(e);
+            }
             let res = match take(q.region()) {
                 Ok(Some(v)) => break Ok(v),
                 Ok(None) if wait.nonblock => Err(Error::Os(Errno::EAGAIN)),
@@ -158,6 +162,10 @@ impl Description {
         q.wake(Side::Recv, wake);
         if let Some(n) = notify {
             crate::notify::fire(n);
+        }
+        if r.poisoned() {
+            // The file shrank meanwhile and took the message with it.
+            return Err(super::shrunk());
         }
         Ok(())
     }
@@ -257,6 +265,11 @@ impl Description {
         let wake = g.prepare_wake(Side::Send);
         drop(g);
         q.wake(Side::Send, wake);
+        if r.poisoned() {
+            // Read from the zero pages that stand in for a lost part of the
+            // file: no message.
+            return Err(super::shrunk());
+        }
         Ok((len, prio))
     }
 }

@@ -241,6 +241,7 @@ impl Queue {
         w: &mut Waiting,
     ) -> Result<()> {
         let r = self.region();
+        self.check_poison()?;
         if wait.deadline.is_some_and(reached) {
             return Err(Error::Os(Errno::ETIMEDOUT));
         }
@@ -269,8 +270,11 @@ impl Queue {
         let poll = (w.unseen || r.header().lock.ninflight.load(Relaxed) > 0)
             .then(|| realtime_after(INFLIGHT_POLL));
         let cancel = w.cancel_poll.then(|| realtime_after(CANCEL_POLL));
+        // Nobody can wake a sleeper once the file shrank: it looks now and
+        // then itself.
+        let check = Some(realtime_after(FILE_CHECK));
         let mut until = wait.deadline;
-        for p in [&poll, &cancel].into_iter().flatten() {
+        for p in [&poll, &cancel, &check].into_iter().flatten() {
             until = Some(earlier(until, p));
         }
         // If the lock cannot be retaken within the caller's limits, the
@@ -294,6 +298,7 @@ impl Queue {
                 Err(Error::Os(Errno::ERESTART))
             }
             Err(WaitError::Interrupted) => Err(Error::Os(Errno::EINTR)),
+            Err(WaitError::TimedOut) if check.as_ref().is_some_and(reached) => self.check_file(),
             _ => Ok(()),
         }
     }

@@ -155,7 +155,10 @@ impl Held {
 }
 
 const FUTEX_WAITERS: u32 = 0x8000_0000;
-const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
+/// Set in the word when its owner died: the next locker takes it over and
+/// repairs (also set by `sys::sigbus` for an owner whose view of the file
+/// was lost).
+pub(crate) const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
 const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
 
 /// The kernel's `struct robust_list_head` (linux/futex.h).

@@ -6,6 +6,7 @@
 
 pub mod bell;
 pub mod live;
+pub mod sigbus;
 
 use nix::errno::Errno;
 use std::ffi::{CString, OsStr, OsString};
@@ -29,6 +30,8 @@ pub struct FileInfo {
     pub gid: u32,
     /// Mode bits, type included.
     pub mode: u32,
+    /// Bytes the file system has allocated to the file (`st_blocks * 512`).
+    pub allocated: u64,
 }
 
 /// `fstat(fd)`.
@@ -43,6 +46,7 @@ pub fn fstat(fd: RawFd) -> Result<FileInfo, Errno> {
         uid: st.st_uid,
         gid: st.st_gid,
         mode: st.st_mode,
+        allocated: (st.st_blocks as u64).saturating_mul(512),
     })
 }
 
@@ -118,6 +122,7 @@ pub fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<FileInfo, Errno> {
         uid: st.st_uid,
         gid: st.st_gid,
         mode: st.st_mode,
+        allocated: (st.st_blocks as u64).saturating_mul(512),
     })
 }
 
