@@ -22,13 +22,13 @@
 //! set back to at a recount.
 
 use crate::error::{Error, Result};
-use crate::sys::live::{self, LiveFd};
+use crate::sys::live::{self, ForkLock, LiveFd};
 use nix::errno::Errno;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU32};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 /// Byte offsets of the lock ranges in a queue file: far past its end (a
 /// queue file is at most 2^63 bytes, but these ranges only need to exist,
@@ -82,7 +82,7 @@ pub enum Cond {
 /// This process's members, by the (device, inode) of their queue file.
 type Registry = Vec<((u64, u64), Weak<Member>)>;
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Vec::new());
+static REGISTRY: ForkLock<Registry> = ForkLock::resetting(Vec::new(), Vec::new);
 
 impl Member {
     /// This process's member for the queue file open as `file`, joining if
@@ -96,7 +96,7 @@ impl Member {
         let st = crate::sys::fstat_ids(file.as_raw_fd())?;
         let key = (st.0, st.1);
         let inc = live::incarnation();
-        let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reg = REGISTRY.lock();
         reg.retain(|(_, w)| w.strong_count() > 0);
         if let Some(m) = reg
             .iter()

@@ -26,10 +26,11 @@ use crate::error::{Error, Result};
 use crate::layout::{NotifyReg, Region};
 use crate::member::Cond;
 use crate::queue::Locked;
+use crate::sys::live::{ForkGuard, ForkLock};
 use crate::sys::{self, bell};
 use nix::errno::Errno;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
 
 /// What to do when the queue becomes non-empty (the `sigevent` of
 /// `mq_notify`).
@@ -68,10 +69,12 @@ struct Action {
     what: Notification,
 }
 
-static ACTIONS: Mutex<Vec<(u64, Action)>> = Mutex::new(Vec::new());
+/// A child made by a fork starts with none: registrations are not
+/// inherited.
+static ACTIONS: ForkLock<Vec<(u64, Action)>> = ForkLock::resetting(Vec::new(), Vec::new);
 
-fn actions() -> std::sync::MutexGuard<'static, Vec<(u64, Action)>> {
-    ACTIONS.lock().unwrap_or_else(|e| e.into_inner())
+fn actions() -> ForkGuard<'static, Vec<(u64, Action)>> {
+    ACTIONS.lock()
 }
 
 /// Runs on the doorbell thread for every ring.
@@ -81,7 +84,7 @@ fn rung(r: bell::Ring) {
 
 /// Acts on ring `r` with the table of actions held; gives the table back
 /// when the ring is not for one of them.
-fn act(r: bell::Ring, mut a: std::sync::MutexGuard<'static, Vec<(u64, Action)>>) -> bool {
+fn act(r: bell::Ring, mut a: ForkGuard<'static, Vec<(u64, Action)>>) -> bool {
     if r.kind != RING_NOTIFY {
         return false;
     }
@@ -244,7 +247,7 @@ pub(crate) fn fire(p: Pending) {
         // as the kernel queues the signal before `mq_send` returns. Unless
         // the table is busy (this may be a signal handler that interrupted
         // its holder): then the doorbell thread acts, a moment later.
-        if let Ok(a) = ACTIONS.try_lock() {
+        if let Some(a) = ACTIONS.try_lock() {
             let ring = bell::Ring {
                 kind: RING_NOTIFY,
                 words,

@@ -7,19 +7,19 @@
 use crate::engine::{self, Handle, OpenRequest};
 use crate::error::Error;
 use crate::notify::Notification;
+use crate::sys::live::ForkLock;
 use std::ffi::CStr;
 use std::fmt::{self, Debug, Formatter};
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 /// Directories given to [`OpenOptions::dir`], interned so that
 /// `OpenOptions` stays `Copy` as in `posixmq`.
-static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static DIRS: ForkLock<Vec<PathBuf>> = ForkLock::keeping(Vec::new());
 
 fn intern_dir(dir: &Path) -> u32 {
-    let mut dirs = DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut dirs = DIRS.lock();
     if let Some(i) = dirs.iter().position(|d| d == dir) {
         return i as u32;
     }
@@ -28,7 +28,7 @@ fn intern_dir(dir: &Path) -> u32 {
 }
 
 fn interned_dir(id: u32) -> PathBuf {
-    DIRS.lock().unwrap_or_else(|e| e.into_inner())[id as usize].clone()
+    DIRS.lock()[id as usize].clone()
 }
 
 /// Flags and parameters which control how a [`PosixMq`] message queue is

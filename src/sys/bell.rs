@@ -14,10 +14,9 @@
 //! which ignores a ring it did not ask for.
 #![allow(unsafe_code)]
 
-use crate::sys::live::{self, LiveFd};
+use crate::sys::live::{self, ForkLock, LiveFd};
 use nix::errno::Errno;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
 
 /// What a ring carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +36,9 @@ const MAGIC: u32 = u32::from_le_bytes(*b"SHBL");
 const PREFIX: &[u8] = b"shmq-bell-";
 
 /// This process's doorbell: (incarnation, number, socket).
-static MINE: Mutex<Option<(u64, u64, LiveFd)>> = Mutex::new(None);
+/// A child made by a fork starts with none (its doorbell thread is not
+/// there).
+static MINE: ForkLock<Option<(u64, u64, LiveFd)>> = ForkLock::resetting(None, || None);
 
 fn address(number: u64) -> (libc::sockaddr_un, libc::socklen_t) {
     // SAFETY: sockaddr_un is plain data; zero is valid.
@@ -68,7 +69,7 @@ fn socket() -> Result<OwnedFd, Errno> {
 /// `handler` runs on the helper thread for every valid ring.
 pub fn mine(handler: fn(Ring)) -> Result<u64, Errno> {
     let inc = live::incarnation();
-    let mut m = MINE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut m = MINE.lock();
     if let Some((i, n, _)) = &*m
         && *i == inc
     {
@@ -127,7 +128,7 @@ pub fn mine(handler: fn(Ring)) -> Result<u64, Errno> {
 /// nobody is making it right now: this may run in a signal handler).
 pub fn own() -> Option<u64> {
     let inc = live::incarnation();
-    let m = MINE.try_lock().ok()?;
+    let m = MINE.try_lock()?;
     match &*m {
         Some((i, n, _)) if *i == inc => Some(*n),
         _ => None,
@@ -230,6 +231,7 @@ pub fn ring(number: u64, kind: u32, words: [u64; 3]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
     use std::sync::mpsc;
 
     static RINGS: Mutex<Option<mpsc::Sender<Ring>>> = Mutex::new(None);

@@ -206,6 +206,108 @@ impl Drop for LiveFd {
     }
 }
 
+/// A lock for process-local state that a child made by any kind of fork
+/// (`fork`, `_Fork`, `clone`) may find held by a thread it does not have:
+/// a holder of an earlier incarnation counts as gone. What that holder
+/// left is either kept (state that stays meaningful in the child) or
+/// forgotten without running its destructors (it may be half changed, and
+/// it described the parent) and replaced by a fresh value.
+pub struct ForkLock<T> {
+    /// Incarnation of the holder, 0: free.
+    holder: AtomicU64,
+    value: std::cell::UnsafeCell<T>,
+    /// Makes the value a child starts from; `None`: keep the parent's.
+    fresh: Option<fn() -> T>,
+}
+
+// SAFETY: the value is only reached through a guard, which exists for one
+// holder at a time (see `lock`).
+unsafe impl<T: Send> Sync for ForkLock<T> {}
+
+impl<T> std::fmt::Debug for ForkLock<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkLock").finish_non_exhaustive()
+    }
+}
+
+/// Access to the value of a [`ForkLock`].
+pub struct ForkGuard<'a, T>(&'a ForkLock<T>);
+
+impl<T> ForkLock<T> {
+    /// A lock whose value a child replaces by `fresh()`.
+    pub const fn resetting(value: T, fresh: fn() -> T) -> ForkLock<T> {
+        ForkLock {
+            holder: AtomicU64::new(0),
+            value: std::cell::UnsafeCell::new(value),
+            fresh: Some(fresh),
+        }
+    }
+
+    /// A lock whose value a child keeps.
+    pub const fn keeping(value: T) -> ForkLock<T> {
+        ForkLock {
+            holder: AtomicU64::new(0),
+            value: std::cell::UnsafeCell::new(value),
+            fresh: None,
+        }
+    }
+
+    /// Takes the lock, waiting for another thread of this process that
+    /// holds it (never call it again from a signal handler that may have
+    /// interrupted the holder: use [`try_lock`](Self::try_lock) there).
+    pub fn lock(&self) -> ForkGuard<'_, T> {
+        loop {
+            if let Some(g) = self.try_lock() {
+                return g;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Takes the lock unless a thread of this process holds it.
+    pub fn try_lock(&self) -> Option<ForkGuard<'_, T>> {
+        let me = incarnation();
+        let cur = self.holder.load(Relaxed);
+        if cur == me {
+            return None;
+        }
+        self.holder
+            .compare_exchange(cur, me, Acquire, Relaxed)
+            .ok()?;
+        if cur != 0 {
+            // Held by a thread of an earlier incarnation: not in this
+            // process. Only this process can see this copy of the value.
+            if let Some(fresh) = self.fresh {
+                // SAFETY: we hold the lock; the old value is overwritten
+                // without being dropped (it may be half changed).
+                unsafe { self.value.get().write(fresh()) };
+            }
+        }
+        Some(ForkGuard(self))
+    }
+}
+
+impl<T> std::ops::Deref for ForkGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard is the lock's only holder.
+        unsafe { &*self.0.value.get() }
+    }
+}
+
+impl<T> std::ops::DerefMut for ForkGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`.
+        unsafe { &mut *self.0.value.get() }
+    }
+}
+
+impl<T> Drop for ForkGuard<'_, T> {
+    fn drop(&mut self) {
+        self.0.holder.store(0, Release);
+    }
+}
+
 /// A value per incarnation of the process: [`get`](Self::get) hands out
 /// the one set in the current incarnation, if any. Values set in earlier
 /// incarnations (before a fork, in a parent) are kept until the cell is
@@ -214,7 +316,7 @@ impl Drop for LiveFd {
 pub struct PerIncarnation<T> {
     current: AtomicPtr<T>,
     incarnation: AtomicU64,
-    all: std::sync::Mutex<Vec<std::sync::Arc<T>>>,
+    all: ForkLock<Vec<std::sync::Arc<T>>>,
 }
 
 impl<T> PerIncarnation<T> {
@@ -223,7 +325,9 @@ impl<T> PerIncarnation<T> {
         PerIncarnation {
             current: AtomicPtr::new(std::ptr::null_mut()),
             incarnation: AtomicU64::new(0),
-            all: std::sync::Mutex::new(Vec::new()),
+            // A child keeps the parent's values alive: references to them
+            // may still be around.
+            all: ForkLock::keeping(Vec::new()),
         }
     }
 
@@ -246,7 +350,7 @@ impl<T> PerIncarnation<T> {
     /// and returns it.
     pub fn set(&self, v: std::sync::Arc<T>) -> &T {
         let p = std::sync::Arc::as_ptr(&v) as *mut T;
-        let mut all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.all.lock();
         all.push(v);
         // Cleared first: a reader never pairs the new incarnation with the
         // old pointer.
@@ -350,6 +454,54 @@ pub fn thread_alive(tid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child forked while another thread of its parent holds a
+    /// `ForkLock` takes the lock (a `std::sync::Mutex` there would never be
+    /// released in the child), with a fresh value or the parent's.
+    #[test]
+    fn a_child_takes_a_lock_held_by_a_thread_it_does_not_have() {
+        static RESET: ForkLock<u32> = ForkLock::resetting(7, || 0);
+        static KEPT: ForkLock<u32> = ForkLock::keeping(7);
+        let _ = incarnation();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let a = RESET.lock();
+            let b = KEPT.lock();
+            held_tx.send(()).unwrap();
+            done_rx.recv().unwrap();
+            drop((a, b));
+        });
+        held_rx.recv().unwrap();
+        assert!(
+            RESET.try_lock().is_none(),
+            "held by a thread of this process"
+        );
+        // SAFETY: the child only takes the two locks (atomics, and
+        // yield_now while it would wait), reads them, and _exits; alarm
+        // kills it if it would wait for ever.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: alarm has no preconditions.
+            unsafe { libc::alarm(10) };
+            let code = match (*RESET.lock(), *KEPT.lock()) {
+                (0, 7) => 0,
+                _ => 1,
+            };
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(code) };
+        }
+        let mut st = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+        done_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "child status {st:#x}"
+        );
+        assert_eq!(*RESET.lock(), 7, "the parent keeps its value");
+    }
 
     #[test]
     fn incarnation_is_stable_and_changes_in_a_forked_child() {
