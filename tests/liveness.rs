@@ -1,0 +1,870 @@
+//! Who is alive, across real processes: a live process is never taken for
+//! dead (a zombie thread-group leader, a checker out of descriptors,
+//! another uid), a dead one is always found (killed asleep, killed holding
+//! the lock inside a signal handler, gone by `exec` mid-copy, a `_Fork`
+//! child), and a stopped one delays only those who must wait for it.
+//! Every wait here has a watchdog; nothing measures speed beyond the
+//! bounds the library documents (deadlines, `O_NONBLOCK`, `EINTR`).
+
+mod common;
+
+use common::{TestDir, child, child_dir, eventually, kill9, role, wait_ok};
+use shmq::inspect::{Health, Inspector, LockState, QueueInfo};
+use shmq::{OpenOptions, PosixMq};
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+fn info(dir: &Path, name: &str) -> QueueInfo {
+    Inspector::open(name, Some(dir)).unwrap().info().unwrap()
+}
+
+fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error()
+        .unwrap_or_else(|| panic!("not an errno: {e}"))
+}
+
+/// Reads `out` until a line ending in `marker` (the child's test harness
+/// prints its own lines first); fails if the child's output ends first.
+fn wait_for(out: &mut BufReader<ChildStdout>, marker: &str) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = out.read_line(&mut line).unwrap();
+        assert!(n > 0, "child exited before printing {marker}");
+        if line.trim_end().ends_with(marker) {
+            return;
+        }
+    }
+}
+
+/// Writes `s` with one `write(2)`: usable in a forked child and in a
+/// signal handler, and lands whole on a pipe.
+fn raw_print(s: &[u8]) {
+    // SAFETY: writes a valid buffer to standard output.
+    unsafe { libc::write(1, s.as_ptr().cast(), s.len()) };
+}
+
+/// The state letter of `/proc/<pid>/stat` (R, S, T, Z …).
+fn proc_state(pid: u32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(") ")?.1.chars().next()
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory preconditions; pid is our child.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
+// ---- checksummed payloads --------------------------------------------------
+
+const MAGIC: u32 = 0x4c49_5645;
+
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// A message of `len` bytes (at least 24) from `who`, number `seq`: a
+/// header, bytes derived from both, and a checksum of all the rest at the
+/// end.
+fn payload(who: u32, seq: u32, len: usize) -> Vec<u8> {
+    assert!(len >= 24);
+    let mut m = vec![0u8; len];
+    m[..4].copy_from_slice(&MAGIC.to_le_bytes());
+    m[4..8].copy_from_slice(&who.to_le_bytes());
+    m[8..12].copy_from_slice(&seq.to_le_bytes());
+    m[12..16].copy_from_slice(&(len as u32).to_le_bytes());
+    let mut x = (who.wrapping_mul(0x9e37_79b9) ^ seq) | 1;
+    for b in &mut m[16..len - 8] {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    let sum = fnv(&m[..len - 8]);
+    m[len - 8..].copy_from_slice(&sum.to_le_bytes());
+    m
+}
+
+/// `(who, seq)` of an intact message, `None` for anything torn or spoiled.
+fn check(m: &[u8]) -> Option<(u32, u32)> {
+    if m.len() < 24 {
+        return None;
+    }
+    let u = |i: usize| u32::from_le_bytes(m[i..i + 4].try_into().unwrap());
+    if u(0) != MAGIC || u(12) as usize != m.len() {
+        return None;
+    }
+    let sum = u64::from_le_bytes(m[m.len() - 8..].try_into().unwrap());
+    (fnv(&m[..m.len() - 8]) == sum && payload(u(4), u(8), m.len()) == m).then(|| (u(4), u(8)))
+}
+
+// ---- 1. a live process is never taken for dead -------------------------------
+
+const ZOMBIE_THREADS: u32 = 2;
+const ZOMBIE_PER_THREAD: u32 = 300;
+const ZOMBIE_LEN: usize = 6000;
+
+/// Ends the calling thread alone (not the process): the main thread's exit
+/// leaves the thread-group leader a zombie while the others run.
+extern "C" fn exit_this_thread(_: libc::c_int) {
+    // SAFETY: SYS_exit ends only the calling thread; nothing of it is used
+    // afterwards.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+}
+
+fn zombie_leader_sender(dir: &Path) {
+    let q = Arc::new(OpenOptions::writeonly().dir(dir).open("/zombie").unwrap());
+    let senders: Vec<_> = (0..ZOMBIE_THREADS)
+        .map(|t| {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || {
+                for seq in 0..ZOMBIE_PER_THREAD {
+                    if let Err(e) = q.send(1, &payload(t, seq, ZOMBIE_LEN)) {
+                        eprintln!("sender {t}: {e}");
+                        std::process::exit(3);
+                    }
+                }
+            })
+        })
+        .collect();
+    // The process ends with the last sender, whatever the main thread does.
+    std::thread::spawn(move || {
+        for s in senders {
+            if s.join().is_err() {
+                std::process::exit(4);
+            }
+        }
+        std::process::exit(0);
+    });
+    // SAFETY: getpid and gettid have no preconditions.
+    let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+    if pid == tid {
+        exit_this_thread(0);
+    }
+    // SAFETY: installs a handler for SIGUSR1 (which this process uses for
+    // nothing else) and sends it to the main thread only.
+    unsafe {
+        libc::signal(
+            libc::SIGUSR1,
+            exit_this_thread as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGUSR1);
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Looks at the queue until `stop` exists: attributes, and a snapshot
+/// whose health must stay `Ok` (no repair, which would mean a live member
+/// was taken for dead). With `emfile`, first fills the descriptor table.
+fn live_checker(dir: &Path, emfile: bool) {
+    let q = OpenOptions::readonly().dir(dir).open("/zombie").unwrap();
+    let ins = Inspector::open("/zombie", Some(dir)).unwrap();
+    ins.info().unwrap();
+    q.attributes().unwrap();
+    let mut hoard = Vec::new();
+    if emfile {
+        let lim = libc::rlimit {
+            rlim_cur: 64,
+            rlim_max: 64,
+        };
+        // SAFETY: a valid rlimit; lowering the limit is always allowed.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+        loop {
+            // SAFETY: dup of standard input, kept until exit.
+            let fd = unsafe { libc::dup(0) };
+            if fd < 0 {
+                assert_eq!(
+                    std::io::Error::last_os_error().raw_os_error(),
+                    Some(libc::EMFILE)
+                );
+                break;
+            }
+            hoard.push(fd);
+        }
+    }
+    let stop = dir.join("stop");
+    let mut rounds = 0u32;
+    let mut busy = 0u32;
+    while !stop.exists() || rounds < 10 {
+        let a = q.attributes().unwrap_or_else(|e| panic!("attributes: {e}"));
+        assert!(a.current_messages <= 16);
+        let i = ins.info().unwrap_or_else(|e| panic!("info: {e}"));
+        assert_eq!(i.health, Health::Ok, "a live process was taken for dead");
+        assert_eq!(i.problem, None);
+        assert!(
+            !matches!(i.lock, LockState::OwnerDied { .. }),
+            "{:?}",
+            i.lock
+        );
+        busy += u32::from(i.in_flight > 0);
+        rounds += 1;
+    }
+    if emfile {
+        // SAFETY: as above.
+        let fd = unsafe { libc::dup(0) };
+        assert!(fd < 0, "the descriptor table stayed full throughout");
+    }
+    println!("checker (emfile {emfile}): {rounds} rounds, {busy} with slots in flight");
+}
+
+#[test]
+fn a_zombie_leader_another_uid_and_a_checker_out_of_descriptors_are_not_taken_for_dead() {
+    let test =
+        "a_zombie_leader_another_uid_and_a_checker_out_of_descriptors_are_not_taken_for_dead";
+    match role().as_deref() {
+        Some("sender") => return zombie_leader_sender(&child_dir()),
+        Some("checker") => return live_checker(&child_dir(), false),
+        Some("checker-emfile") => return live_checker(&child_dir(), true),
+        _ => {}
+    }
+    let d = TestDir::new("zombie");
+    let dir = d.path();
+    // SAFETY: umask only changes this process's creation mask; 0666 must
+    // reach the queue unmasked for the other uid.
+    let old = unsafe { libc::umask(0) };
+    let q = OpenOptions::readwrite()
+        .capacity(16)
+        .max_msg_len(ZOMBIE_LEN)
+        .mode(0o666)
+        .create_new()
+        .dir(dir)
+        .open("/zombie");
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let q = q.unwrap();
+    let other_uid = common::is_root();
+    let mut sender = if other_uid {
+        // The sender runs as another user (nobody), on a 0666 queue.
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(common::ROLE, "sender")
+            .env(common::DIR, dir)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    } else {
+        println!("no root: the sender runs as this uid");
+        child(test, "sender", dir).spawn().unwrap()
+    };
+    let mut checkers = [
+        child(test, "checker", dir).spawn().unwrap(),
+        child(test, "checker-emfile", dir).spawn().unwrap(),
+    ];
+    // Receive slowly at first, so that the senders are still at work (and
+    // blocked on a full queue) once the leader is a zombie.
+    let pid = sender.id();
+    eventually("the sender's leader is a zombie", WATCHDOG, || {
+        proc_state(pid) == Some('Z') || sender.try_wait().unwrap().is_some()
+    });
+    assert_eq!(
+        sender.try_wait().unwrap(),
+        None,
+        "the senders run on behind the zombie leader"
+    );
+    assert_eq!(proc_state(pid), Some('Z'));
+    let mut buf = vec![0u8; ZOMBIE_LEN];
+    let mut next = vec![0u32; ZOMBIE_THREADS as usize];
+    for n in 0..ZOMBIE_THREADS * ZOMBIE_PER_THREAD {
+        if n % 64 == 0 {
+            // Let the queue fill: senders block, with slots in flight.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (prio, len) = q.recv_timeout(&mut buf, WATCHDOG).unwrap();
+        assert_eq!(prio, 1);
+        let (t, seq) = check(&buf[..len]).expect("an intact payload");
+        assert_eq!(
+            seq, next[t as usize],
+            "thread {t}: in order, none lost or repeated"
+        );
+        next[t as usize] += 1;
+    }
+    wait_ok(&mut sender, WATCHDOG);
+    std::fs::write(dir.join("stop"), b"").unwrap();
+    for c in &mut checkers {
+        wait_ok(c, WATCHDOG);
+    }
+    let i = info(dir, "/zombie");
+    assert_eq!(i.health, Health::Ok, "no repair: nobody died mid-operation");
+    assert_eq!(
+        (i.current_messages, i.in_flight, i.total_received),
+        (0, 0, u64::from(ZOMBIE_THREADS * ZOMBIE_PER_THREAD))
+    );
+}
+
+// ---- 2. a thousand blocked receivers ---------------------------------------
+
+const RECEIVERS: usize = 1000;
+
+/// Forks receivers on request (one `spawn N` line on standard input each),
+/// each a child that only receives one message, prints it and `_exit`s;
+/// reports `P <pid>` per child, and `E <pid> <status>` as they end.
+fn receiver_spawner(dir: &Path) {
+    let q = OpenOptions::readonly().dir(dir).open("/many").unwrap();
+    // Our lines start on a line of their own, after the harness's.
+    raw_print(b"\n");
+    // Reap in a thread of our own: killed children must not stay zombies
+    // for long (they hold nothing, but the parent counts them).
+    std::thread::spawn(|| {
+        loop {
+            let mut st = 0;
+            // SAFETY: waits for any child; st is valid storage.
+            let pid = unsafe { libc::waitpid(-1, &mut st, 0) };
+            if pid > 0 {
+                raw_print(format!("E {pid} {st}\n").as_bytes());
+            } else {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    let mut line = String::new();
+    let stdin = std::io::stdin();
+    while stdin.lock().read_line(&mut line).unwrap() > 0 {
+        if let Some(n) = line.trim().strip_prefix("spawn ") {
+            let n: usize = n.parse().unwrap();
+            for _ in 0..n {
+                // SAFETY: the child only receives (the queue was opened
+                // before; glibc's fork leaves malloc usable), writes one
+                // line and _exits.
+                let pid = unsafe { libc::fork() };
+                assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+                if pid == 0 {
+                    let mut buf = [0u8; 16];
+                    let code = match q.recv(&mut buf) {
+                        Ok((_, 4)) => {
+                            let m = u32::from_le_bytes(buf[..4].try_into().unwrap());
+                            // SAFETY: getpid has no preconditions.
+                            let me = unsafe { libc::getpid() };
+                            raw_print(format!("R {me} {m}\n").as_bytes());
+                            0
+                        }
+                        _ => 1,
+                    };
+                    // SAFETY: ends the child without running the parent's
+                    // exit handlers.
+                    unsafe { libc::_exit(code) };
+                }
+                raw_print(format!("P {pid}\n").as_bytes());
+            }
+            raw_print(b"SPAWNED\n");
+        }
+        line.clear();
+    }
+}
+
+/// What the spawner reported.
+#[derive(Default)]
+struct Reports {
+    spawned: Vec<u32>,
+    batches: u32,
+    exited: HashMap<u32, i32>,
+    received: HashMap<u32, u32>,
+}
+
+fn hold_lock_role(dir: &Path, name: &str, mid_receive: bool) -> ! {
+    let q = OpenOptions::readwrite().dir(dir).open(name).unwrap();
+    q.__die_holding_lock(mid_receive, &|| raw_print(b"SHMQ-LOCKED\n"))
+}
+
+fn spawn_holder(test: &str, dir: &Path, role: &str) -> Child {
+    let mut c = child(test, role, dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    wait_for(&mut out, "SHMQ-LOCKED");
+    c
+}
+
+#[test]
+fn a_thousand_blocked_receivers_are_counted_woken_and_served_once() {
+    let test = "a_thousand_blocked_receivers_are_counted_woken_and_served_once";
+    match role().as_deref() {
+        Some("spawner") => return receiver_spawner(&child_dir()),
+        Some("holder") => hold_lock_role(&child_dir(), "/many", false),
+        _ => {}
+    }
+    let d = TestDir::new("many");
+    let dir = d.path();
+    let q = OpenOptions::readwrite()
+        .capacity(RECEIVERS + 8)
+        .max_msg_len(16)
+        .create_new()
+        .dir(dir)
+        .open("/many")
+        .unwrap();
+    let mut spawner = child(test, "spawner", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cmd = spawner.stdin.take().unwrap();
+    let out = spawner.stdout.take().unwrap();
+    let reports = Arc::new(Mutex::new(Reports::default()));
+    let r2 = Arc::clone(&reports);
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let line = line.unwrap();
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let mut r = r2.lock().unwrap();
+            match w.as_slice() {
+                ["P", pid] => r.spawned.push(pid.parse().unwrap()),
+                ["SPAWNED"] => r.batches += 1,
+                ["E", pid, st] => {
+                    r.exited.insert(pid.parse().unwrap(), st.parse().unwrap());
+                }
+                ["R", pid, m] => {
+                    let prev = r.received.insert(pid.parse().unwrap(), m.parse().unwrap());
+                    assert_eq!(prev, None, "a receiver received twice");
+                }
+                _ => {}
+            }
+        }
+    });
+    let batches = |n: u32| {
+        eventually("the spawner forked its batch", WATCHDOG, || {
+            reports.lock().unwrap().batches >= n
+        })
+    };
+    let blocked = |n: u32, what: &str| {
+        eventually(what, WATCHDOG, || info(dir, "/many").blocked_receivers == n);
+        // Still so a moment later: the count is exact, not on its way.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(info(dir, "/many").blocked_receivers, n, "{what}");
+    };
+    let start = Instant::now();
+    writeln!(cmd, "spawn {RECEIVERS}").unwrap();
+    batches(1);
+    blocked(RECEIVERS as u32, "all receivers blocked");
+    println!("{RECEIVERS} receivers blocked after {:?}", start.elapsed());
+    let live = |r: &Reports| -> Vec<u32> {
+        r.spawned
+            .iter()
+            .copied()
+            .filter(|p| !r.exited.contains_key(p))
+            .collect()
+    };
+
+    // One blocked receiver killed: the kernel's count follows at once.
+    let victim = live(&reports.lock().unwrap())[RECEIVERS / 2];
+    signal(victim, libc::SIGKILL);
+    blocked(RECEIVERS as u32 - 1, "one killed receiver uncounted");
+
+    // A lock holder killed mid-send: a snapshot says so and changes nothing.
+    let mut holder = spawn_holder(test, dir, "holder");
+    kill9(&mut holder);
+    let i = info(dir, "/many");
+    assert!(
+        matches!(i.lock, LockState::OwnerDied { .. }),
+        "{:?}",
+        i.lock
+    );
+    assert_eq!(i.blocked_receivers, RECEIVERS as u32 - 1);
+    assert_eq!(i.health, Health::Ok, "a snapshot repairs nothing");
+
+    // A new receiver repairs on its way to sleep.
+    writeln!(cmd, "spawn 1").unwrap();
+    batches(2);
+    blocked(RECEIVERS as u32, "a new receiver blocked after a repair");
+    let i = info(dir, "/many");
+    assert_eq!(i.lock, LockState::Free);
+    assert!(
+        matches!(i.health, Health::Repaired { .. }),
+        "{:?}",
+        i.health
+    );
+    assert_eq!((i.current_messages, i.in_flight), (0, 0));
+
+    // Ten more killed, then replaced: the count is always the truth.
+    let victims: Vec<u32> = live(&reports.lock().unwrap())
+        .into_iter()
+        .step_by(97)
+        .take(10)
+        .collect();
+    assert_eq!(victims.len(), 10);
+    for &v in &victims {
+        signal(v, libc::SIGKILL);
+    }
+    blocked(RECEIVERS as u32 - 10, "ten killed receivers uncounted");
+    writeln!(cmd, "spawn 10").unwrap();
+    batches(3);
+    blocked(RECEIVERS as u32, "ten new receivers blocked");
+
+    // A thousand sends: every live receiver woken, every message received
+    // exactly once.
+    for m in 0..RECEIVERS as u32 {
+        q.send(1, &m.to_le_bytes()).unwrap();
+    }
+    eventually("every receiver served", WATCHDOG, || {
+        reports.lock().unwrap().received.len() >= RECEIVERS
+    });
+    let killed: HashSet<u32> = victims.iter().copied().chain([victim]).collect();
+    eventually("every receiver exited", WATCHDOG, || {
+        let r = reports.lock().unwrap();
+        r.spawned.iter().all(|p| r.exited.contains_key(p))
+    });
+    let r = reports.lock().unwrap();
+    assert_eq!(r.spawned.len(), RECEIVERS + 11);
+    for p in &r.spawned {
+        let st = r.exited[p];
+        if killed.contains(p) {
+            assert!(libc::WIFSIGNALED(st), "victim {p} was killed");
+        } else {
+            assert!(
+                libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+                "receiver {p}: {st}"
+            );
+            assert!(r.received.contains_key(p), "receiver {p} got a message");
+        }
+    }
+    let got: HashSet<u32> = r.received.values().copied().collect();
+    assert_eq!(r.received.len(), RECEIVERS);
+    assert_eq!(got, (0..RECEIVERS as u32).collect(), "each message once");
+    drop(r);
+    let i = info(dir, "/many");
+    assert_eq!(
+        (i.current_messages, i.blocked_receivers, i.in_flight),
+        (0, 0, 0),
+        "nothing stays queued or counted"
+    );
+    drop(cmd);
+    kill9(&mut spawner);
+    println!("done after {:?}", start.elapsed());
+}
+
+// ---- 3. killed in a signal handler using a second queue --------------------
+
+static INNER: std::sync::OnceLock<PosixMq> = std::sync::OnceLock::new();
+
+/// Runs while its thread holds the outer queue's lock (mid-receive): uses
+/// the inner queue (a complete send), then takes its lock too and waits
+/// there to be killed.
+extern "C" fn use_inner_queue(_: libc::c_int) {
+    let inner = INNER.get().expect("inner queue opened");
+    if inner.send(3, b"from the handler").is_err() {
+        raw_print(b"HANDLER-SEND-FAILED\n");
+        return;
+    }
+    inner.__die_holding_lock(true, &|| raw_print(b"HANDLER-LOCKED\n"));
+}
+
+fn nested_victim(dir: &Path) -> ! {
+    let outer = OpenOptions::readwrite().dir(dir).open("/outer").unwrap();
+    let inner = OpenOptions::readwrite().dir(dir).open("/inner").unwrap();
+    inner.send(2, b"before").unwrap();
+    INNER.set(inner).unwrap();
+    // SAFETY: installs the handler above for SIGUSR2, used for nothing else.
+    unsafe {
+        libc::signal(
+            libc::SIGUSR2,
+            use_inner_queue as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        )
+    };
+    outer.__die_holding_lock(true, &|| {
+        raw_print(b"OUTER-LOCKED\n");
+        // SAFETY: signals the calling thread; the handler runs before this
+        // returns, with the outer lock held.
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2) };
+        raw_print(b"HANDLER-RETURNED\n");
+    })
+}
+
+/// Uses both queues of a process killed inside the handler: everything
+/// sent before is there, in order, and both queues work.
+fn nested_survivor(dir: &Path) {
+    let outer = OpenOptions::readwrite().dir(dir).open("/outer").unwrap();
+    let inner = OpenOptions::readwrite().dir(dir).open("/inner").unwrap();
+    let t = Duration::from_secs(10);
+    assert_eq!(outer.attributes().unwrap().current_messages, 5);
+    let mut buf = [0u8; 64];
+    for i in 0..5u32 {
+        let (p, n) = outer.recv_timeout(&mut buf, t).unwrap();
+        assert_eq!((p, &buf[..n]), (9 - i, format!("outer {i}").as_bytes()));
+    }
+    outer.send_timeout(1, b"after", t).unwrap();
+    assert_eq!(outer.recv_timeout(&mut buf, t).unwrap(), (1, 5));
+    let (p, n) = inner.recv_timeout(&mut buf, t).unwrap();
+    assert_eq!((p, &buf[..n]), (3, &b"from the handler"[..]));
+    let (p, n) = inner.recv_timeout(&mut buf, t).unwrap();
+    assert_eq!((p, &buf[..n]), (2, &b"before"[..]));
+    inner.send_timeout(1, b"after", t).unwrap();
+    assert_eq!(inner.recv_timeout(&mut buf, t).unwrap(), (1, 5));
+    assert_eq!(outer.attributes().unwrap().current_messages, 0);
+    assert_eq!(inner.attributes().unwrap().current_messages, 0);
+}
+
+#[test]
+fn killed_in_a_signal_handler_using_a_second_queue_while_holding_the_first() {
+    let test = "killed_in_a_signal_handler_using_a_second_queue_while_holding_the_first";
+    match role().as_deref() {
+        Some("victim") => nested_victim(&child_dir()),
+        Some("survivor") => return nested_survivor(&child_dir()),
+        _ => {}
+    }
+    let d = TestDir::new("nested");
+    let dir = d.path();
+    let open = |name: &str| {
+        OpenOptions::readwrite()
+            .capacity(8)
+            .max_msg_len(64)
+            .create_new()
+            .dir(dir)
+            .open(name)
+            .unwrap()
+    };
+    let (outer, inner) = (open("/outer"), open("/inner"));
+    for i in 0..5u32 {
+        outer.send(9 - i, format!("outer {i}").as_bytes()).unwrap();
+    }
+    for round in 0..3 {
+        let mut v = child(test, "victim", dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(v.stdout.take().unwrap());
+        wait_for(&mut out, "OUTER-LOCKED");
+        wait_for(&mut out, "HANDLER-LOCKED");
+        kill9(&mut v);
+        let o = info(dir, "/outer");
+        assert!(
+            matches!(o.lock, LockState::OwnerDied { .. }),
+            "{:?}",
+            o.lock
+        );
+        // A third process uses both queues, within its watchdog.
+        let mut s = child(test, "survivor", dir).spawn().unwrap();
+        wait_ok(&mut s, WATCHDOG);
+        assert!(matches!(
+            info(dir, "/outer").health,
+            Health::Repaired { .. }
+        ));
+        assert!(matches!(
+            info(dir, "/inner").health,
+            Health::Repaired { .. }
+        ));
+        // Set up the next round as the first.
+        assert_eq!(
+            inner.attributes().unwrap().current_messages,
+            0,
+            "round {round}"
+        );
+        for i in 0..5u32 {
+            outer.send(9 - i, format!("outer {i}").as_bytes()).unwrap();
+        }
+    }
+}
+
+// ---- 4. a stopped lock holder delays only those who must wait --------------
+
+/// What another process sees while the lock holder is stopped: deadlines
+/// kept, `O_NONBLOCK` honoured, read-only calls answered.
+fn stopped_prober(dir: &Path) {
+    let q = OpenOptions::readwrite().dir(dir).open("/stopped").unwrap();
+    let mut buf = [0u8; 64];
+    let slack = Duration::from_millis(50);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let e = q
+            .recv_timeout(&mut buf, Duration::from_millis(100))
+            .unwrap_err();
+        let took = t.elapsed();
+        assert_eq!(errno(&e), libc::ETIMEDOUT);
+        assert!(
+            took >= Duration::from_millis(100) && took <= Duration::from_millis(100) + slack,
+            "recv_timeout(100 ms) took {took:?}"
+        );
+        let t = Instant::now();
+        let e = q
+            .send_timeout(1, b"x", Duration::from_millis(100))
+            .unwrap_err();
+        let took = t.elapsed();
+        assert_eq!(errno(&e), libc::ETIMEDOUT);
+        assert!(
+            took <= Duration::from_millis(100) + slack,
+            "send_timeout took {took:?}"
+        );
+    }
+    let nb = OpenOptions::readwrite()
+        .nonblocking()
+        .dir(dir)
+        .open("/stopped")
+        .unwrap();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let e = nb.recv(&mut buf).unwrap_err();
+        let took = t.elapsed();
+        assert_eq!(e.kind(), ErrorKind::WouldBlock);
+        assert!(
+            took < Duration::from_millis(30),
+            "non-blocking recv took {took:?}"
+        );
+        let e = nb.send(1, b"x").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WouldBlock);
+    }
+    // Read-only calls answer without the lock.
+    let t = Instant::now();
+    assert_eq!(q.attributes().unwrap().current_messages, 4);
+    let i = info(dir, "/stopped");
+    assert!(matches!(i.lock, LockState::Busy { .. }), "{:?}", i.lock);
+    assert_eq!(i.health, Health::Ok);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    println!("PROBED");
+}
+
+/// Sends and receives its own numbered messages in a loop, checking each;
+/// the parent stops and continues it at random.
+fn stopped_worker(dir: &Path) {
+    let q = OpenOptions::readwrite().dir(dir).open("/worker").unwrap();
+    let mut buf = [0u8; 64];
+    let stop = dir.join("stop");
+    let mut n = 0u32;
+    while !stop.exists() {
+        for _ in 0..256 {
+            q.send(n % 32, &payload(7, n, 40)).unwrap();
+            let (p, len) = q.recv(&mut buf).unwrap();
+            assert_eq!((p, check(&buf[..len])), (n % 32, Some((7, n))));
+            n += 1;
+        }
+    }
+    assert_eq!(q.attributes().unwrap().current_messages, 0);
+    println!("worker: {n} round trips");
+}
+
+fn mqtool_bin() -> std::path::PathBuf {
+    // Tests run from target/<profile>/deps/.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let mut c = Command::new(env!("CARGO"));
+    c.args(["build", "-p", "mqtool"]);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        c.arg("--release");
+    }
+    let st = c.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
+    assert!(st.success(), "cargo build -p mqtool failed");
+    dir.join("mqtool")
+}
+
+#[test]
+fn a_stopped_lock_holder_delays_only_those_who_wait_for_it() {
+    let test = "a_stopped_lock_holder_delays_only_those_who_wait_for_it";
+    match role().as_deref() {
+        Some("holder") => hold_lock_role(&child_dir(), "/stopped", false),
+        Some("prober") => return stopped_prober(&child_dir()),
+        Some("worker") => return stopped_worker(&child_dir()),
+        _ => {}
+    }
+    let mqtool = mqtool_bin();
+    let d = TestDir::new("stopped");
+    let dir = d.path();
+    let q = OpenOptions::readwrite()
+        .capacity(8)
+        .max_msg_len(64)
+        .create_new()
+        .dir(dir)
+        .open("/stopped")
+        .unwrap();
+    for i in 0..4u32 {
+        q.send(i, &payload(1, i, 40)).unwrap();
+    }
+    // A holder stopped inside the lock (the hook's half-done send).
+    let mut holder = spawn_holder(test, dir, "holder");
+    signal(holder.id(), libc::SIGSTOP);
+    eventually("holder stopped", WATCHDOG, || {
+        proc_state(holder.id()) == Some('T')
+    });
+    let mut p = child(test, "prober", dir).spawn().unwrap();
+    wait_ok(&mut p, WATCHDOG);
+    let t = Instant::now();
+    let out = Command::new(&mqtool)
+        .args(["info", "/stopped", "--json"])
+        .env("SHMQ_DIR", dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(r#""lock":{"state":"busy""#), "{text}");
+    let out = Command::new(&mqtool)
+        .args(["info", "/stopped"])
+        .env("SHMQ_DIR", dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("lock:") && text.contains("busy"), "{text}");
+    assert!(t.elapsed() < WATCHDOG);
+    // Continued, it still holds the lock (the hook never lets go); killed,
+    // its half-done send is undone and nothing queued is lost.
+    signal(holder.id(), libc::SIGCONT);
+    kill9(&mut holder);
+    let mut buf = [0u8; 64];
+    for i in (0..4u32).rev() {
+        let (p, n) = q.recv_timeout(&mut buf, WATCHDOG).unwrap();
+        assert_eq!((p, check(&buf[..n])), (i, Some((1, i))));
+    }
+    assert_eq!(q.attributes().unwrap().current_messages, 0);
+
+    // A real operation caught holding the lock by SIGSTOP: the same, and
+    // after SIGCONT it finishes its operation with nothing lost.
+    let w = OpenOptions::readwrite()
+        .capacity(4)
+        .max_msg_len(64)
+        .create_new()
+        .dir(dir)
+        .open("/worker")
+        .unwrap();
+    let mut worker = child(test, "worker", dir).spawn().unwrap();
+    eventually("worker started", WATCHDOG, || {
+        info(dir, "/worker").total_sent > 0
+    });
+    let mut caught = 0;
+    let mut tries = 0;
+    while caught < 3 {
+        tries += 1;
+        assert!(tries < 2000, "never caught the worker holding the lock");
+        signal(worker.id(), libc::SIGSTOP);
+        eventually("worker stopped", WATCHDOG, || {
+            proc_state(worker.id()) == Some('T')
+        });
+        if matches!(info(dir, "/worker").lock, LockState::Busy { .. }) {
+            caught += 1;
+            let t = Instant::now();
+            let e = w
+                .recv_timeout(&mut buf, Duration::from_millis(100))
+                .unwrap_err();
+            assert_eq!(errno(&e), libc::ETIMEDOUT);
+            assert!(
+                t.elapsed() <= Duration::from_millis(150),
+                "{:?}",
+                t.elapsed()
+            );
+            w.set_nonblocking(true).unwrap();
+            let t = Instant::now();
+            assert_eq!(w.recv(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
+            assert!(t.elapsed() < Duration::from_millis(30), "{:?}", t.elapsed());
+            w.set_nonblocking(false).unwrap();
+        }
+        signal(worker.id(), libc::SIGCONT);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::fs::write(dir.join("stop"), b"").unwrap();
+    wait_ok(&mut worker, WATCHDOG);
+    let i = info(dir, "/worker");
+    assert_eq!(i.health, Health::Ok, "a stopped holder is not dead");
+    assert_eq!((i.current_messages, i.total_sent), (0, i.total_received));
+    println!("caught the worker holding the lock {caught} times in {tries} stops");
+}
