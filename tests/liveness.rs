@@ -868,3 +868,430 @@ fn a_stopped_lock_holder_delays_only_those_who_wait_for_it() {
     assert_eq!((i.current_messages, i.total_sent), (0, i.total_received));
     println!("caught the worker holding the lock {caught} times in {tries} stops");
 }
+
+// ---- 5. exec by a sibling thread mid-copy ----------------------------------
+
+const BIG: usize = 4 << 20;
+
+/// An anonymous mapping of `BIG` bytes whose first half is present and
+/// whose second half is registered with a userfaultfd that nobody serves:
+/// a copy through it stops at the middle, and `read` on the returned
+/// descriptor returns once it does.
+fn half_mapped_buffer() -> (&'static mut [u8], i32) {
+    // SAFETY: a fresh anonymous private mapping, leaked for the process's
+    // life (which ends in exec).
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            BIG,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    // SAFETY: the mapping above, BIG bytes, used only through this slice.
+    let buf = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), BIG) };
+    buf[..BIG / 2].fill(0);
+    const UFFD_USER_MODE_ONLY: libc::c_long = 1;
+    // SAFETY: userfaultfd takes flags only.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_userfaultfd,
+            libc::c_long::from(libc::O_CLOEXEC) | UFFD_USER_MODE_ONLY,
+        )
+    } as i32;
+    assert!(fd >= 0, "userfaultfd: {}", std::io::Error::last_os_error());
+    // struct uffdio_api and struct uffdio_register (linux/userfaultfd.h).
+    let mut api = [0xaau64, 0, 0];
+    // SAFETY: UFFDIO_API with a valid uffdio_api.
+    assert_eq!(unsafe { libc::ioctl(fd, 0xc018_aa3f, api.as_mut_ptr()) }, 0);
+    let mut reg = [p as u64 + (BIG / 2) as u64, (BIG / 2) as u64, 1, 0];
+    // SAFETY: UFFDIO_REGISTER (missing pages) of the second half.
+    assert_eq!(unsafe { libc::ioctl(fd, 0xc020_aa00, reg.as_mut_ptr()) }, 0);
+    (buf, fd)
+}
+
+/// Starts a thread that waits for the copy to stop mid-way, then replaces
+/// the process image with this test binary in role `exec-image`.
+fn exec_when_stuck(uffd: i32, test: &str) {
+    let exe = std::ffi::CString::new(
+        std::env::current_exe()
+            .unwrap()
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    let args: Vec<std::ffi::CString> = [test, "--exact", "--nocapture", "--test-threads=1"]
+        .iter()
+        .map(|a| std::ffi::CString::new(*a).unwrap())
+        .collect();
+    let env: Vec<std::ffi::CString> = std::env::vars()
+        .filter(|(k, _)| k != common::ROLE)
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain([format!("{}=exec-image", common::ROLE)])
+        .map(|s| std::ffi::CString::new(s).unwrap())
+        .collect();
+    std::thread::spawn(move || {
+        let mut msg = [0u8; 32];
+        // SAFETY: reads one uffd_msg into a buffer of its size; returns at
+        // the first fault in the registered half.
+        let n = unsafe { libc::read(uffd, msg.as_mut_ptr().cast(), 32) };
+        assert_eq!(n, 32, "{}", std::io::Error::last_os_error());
+        let mut argv: Vec<*const libc::c_char> = [exe.as_ptr()]
+            .into_iter()
+            .chain(args.iter().map(|a| a.as_ptr()))
+            .collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // SAFETY: NUL-terminated argument and environment arrays of valid
+        // C strings, alive across the call.
+        unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        panic!("execve: {}", std::io::Error::last_os_error());
+    });
+}
+
+#[test]
+fn exec_by_a_sibling_thread_mid_copy_leaves_no_slot_held() {
+    let test = "exec_by_a_sibling_thread_mid_copy_leaves_no_slot_held";
+    match role().as_deref() {
+        Some("exec-image") => {
+            println!("EXECED");
+            std::thread::sleep(WATCHDOG);
+            return;
+        }
+        Some("exec-recv") => {
+            let q = OpenOptions::readonly()
+                .dir(child_dir())
+                .open("/big")
+                .unwrap();
+            let (buf, uffd) = half_mapped_buffer();
+            exec_when_stuck(uffd, test);
+            let r = q.recv(buf);
+            panic!("the receive returned: {r:?}");
+        }
+        Some("exec-send") => {
+            let q = OpenOptions::writeonly()
+                .dir(child_dir())
+                .open("/big")
+                .unwrap();
+            let (buf, uffd) = half_mapped_buffer();
+            buf[..BIG / 2].fill(0x5a);
+            exec_when_stuck(uffd, test);
+            let r = q.send(1, buf);
+            panic!("the send returned: {r:?}");
+        }
+        _ => {}
+    }
+    let d = TestDir::new("exec");
+    let dir = d.path();
+    let q = OpenOptions::readwrite()
+        .capacity(2)
+        .max_msg_len(BIG)
+        .create_new()
+        .dir(dir)
+        .open("/big")
+        .unwrap();
+    let mut buf = vec![0u8; BIG];
+    let run = |role: &str| -> Child {
+        let mut c = child(test, role, dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(c.stdout.take().unwrap());
+        wait_for(&mut out, "EXECED");
+        // The same process, a new image: alive, but no longer a member.
+        assert_eq!(c.try_wait().unwrap(), None);
+        c
+    };
+    for round in 0..2u32 {
+        // A receive cut by exec mid-copy: the message goes back, whole.
+        q.send(4, &payload(9, round, BIG)).unwrap();
+        q.send(2, &payload(9, 100 + round, 100)).unwrap();
+        let mut c = run("exec-recv");
+        // The small one may come first: the big one goes back to its place
+        // once a caller needs it (here, one about to sleep).
+        let mut got = HashSet::new();
+        for _ in 0..2 {
+            let (p, n) = q.recv_timeout(&mut buf, WATCHDOG).unwrap();
+            let m = check(&buf[..n]).expect("an intact message");
+            assert_eq!(p, if m.1 == round { 4 } else { 2 });
+            got.insert(m);
+        }
+        assert_eq!(got, HashSet::from([(9, round), (9, 100 + round)]));
+        let i = info(dir, "/big");
+        assert_eq!((i.current_messages, i.in_flight), (0, 0));
+        assert!(
+            matches!(i.health, Health::Repaired { .. }),
+            "{:?}",
+            i.health
+        );
+        assert!(c.try_wait().unwrap().is_none(), "the new image lived on");
+        kill9(&mut c);
+
+        // A send cut by exec mid-copy: no message, no half message, and
+        // its slot is free again.
+        let mut c = run("exec-send");
+        assert_eq!(q.attributes().unwrap().current_messages, 0);
+        let e = q
+            .recv_timeout(&mut buf, Duration::from_millis(50))
+            .unwrap_err();
+        assert_eq!(errno(&e), libc::ETIMEDOUT);
+        let i = info(dir, "/big");
+        assert_eq!((i.current_messages, i.in_flight), (0, 0));
+        q.send(1, &payload(8, 0, 64)).unwrap();
+        q.send(1, &payload(8, 1, 64)).unwrap();
+        q.set_nonblocking(true).unwrap();
+        assert_eq!(q.send(1, b"x").unwrap_err().kind(), ErrorKind::WouldBlock);
+        q.set_nonblocking(false).unwrap();
+        for s in 0..2 {
+            let (_, n) = q.recv(&mut buf).unwrap();
+            assert_eq!(check(&buf[..n]), Some((8, s)));
+        }
+        assert!(c.try_wait().unwrap().is_none(), "the new image lived on");
+        kill9(&mut c);
+    }
+}
+
+// ---- 6. a notification re-armed before its delivery ran --------------------
+
+fn notify_rearm(dir: &Path) {
+    // One CPU for every thread of this process (the delivery threads
+    // inherit it), and this thread real-time on it: no delivery thread
+    // runs until this one sleeps.
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    let realtime = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+        let p = libc::sched_param { sched_priority: 1 };
+        libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) == 0
+    };
+    let q = OpenOptions::readwrite().dir(dir).open("/notify").unwrap();
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let mut buf = [0u8; 16];
+    let rounds = 20u32;
+    let mut rearmed_first = 0;
+    for round in 0..rounds {
+        let (a, b) = (2 * round, 2 * round + 1);
+        let d = Arc::clone(&delivered);
+        q.notify_with(move || d.lock().unwrap().push(a)).unwrap();
+        q.send(1, b"first").unwrap();
+        q.recv(&mut buf).unwrap();
+        // Re-registered while the first delivery may not have run yet.
+        let d = Arc::clone(&delivered);
+        q.notify_with(move || d.lock().unwrap().push(b)).unwrap();
+        rearmed_first += u32::from(!delivered.lock().unwrap().contains(&a));
+        q.send(1, b"second").unwrap();
+        q.recv(&mut buf).unwrap();
+        if realtime {
+            // Let the delivery threads run.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        eventually("both deliveries", WATCHDOG, || {
+            let v = delivered.lock().unwrap();
+            v.contains(&a) && v.contains(&b)
+        });
+    }
+    let mut v = delivered.lock().unwrap().clone();
+    v.sort_unstable();
+    assert_eq!(
+        v,
+        (0..2 * rounds).collect::<Vec<_>>(),
+        "each delivered once"
+    );
+    if realtime {
+        assert_eq!(
+            rearmed_first, rounds,
+            "re-armed before every first delivery"
+        );
+    }
+    println!(
+        "realtime {realtime}: re-armed before the delivery ran in {rearmed_first} of {rounds} rounds"
+    );
+}
+
+#[test]
+fn a_notification_rearmed_before_its_delivery_ran_is_delivered_twice() {
+    let test = "a_notification_rearmed_before_its_delivery_ran_is_delivered_twice";
+    if role().as_deref() == Some("notify") {
+        return notify_rearm(&child_dir());
+    }
+    let d = TestDir::new("notify");
+    let _q = OpenOptions::readwrite()
+        .capacity(4)
+        .max_msg_len(16)
+        .create_new()
+        .dir(d.path())
+        .open("/notify")
+        .unwrap();
+    let mut c = child(test, "notify", d.path()).spawn().unwrap();
+    wait_ok(&mut c, WATCHDOG);
+}
+
+// ---- 7. children made by _Fork and by a raw clone --------------------------
+
+unsafe extern "C" {
+    /// glibc's `_Fork` (2.34): a fork that runs no `atfork` handler.
+    fn _Fork() -> libc::pid_t;
+}
+
+/// A child made without `atfork` handlers: `_Fork`, or `clone` called
+/// directly (which glibc does not even know of).
+fn bare_fork(raw: bool) -> libc::pid_t {
+    if raw {
+        // SAFETY: clone with only SIGCHLD behaves as fork; the child then
+        // runs on a copy of this stack.
+        unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) as libc::pid_t }
+    } else {
+        // SAFETY: as fork; the child only uses the queue and _exits.
+        unsafe { _Fork() }
+    }
+}
+
+fn wait_child(pid: libc::pid_t) -> i32 {
+    let mut st = 0;
+    let start = Instant::now();
+    loop {
+        // SAFETY: pid is our child; st is valid storage.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        if r == pid {
+            return st;
+        }
+        assert!(start.elapsed() < WATCHDOG, "child {pid} hangs");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Sends and receives `n` times, racing the other process for the lock;
+/// any error (EDEADLK above all) is a failure.
+fn contend(q: &PosixMq, n: u32) -> Result<(), std::io::Error> {
+    let mut buf = [0u8; 64];
+    for i in 0..n {
+        q.send(1, &i.to_le_bytes())?;
+        q.recv(&mut buf)?;
+    }
+    Ok(())
+}
+
+fn bare_forker(dir: &Path) {
+    let q = OpenOptions::readwrite().dir(dir).open("/fork").unwrap();
+    contend(&q, 10).unwrap();
+    for raw in [false, true] {
+        // Both sides lock, in turn and at once.
+        let pid = bare_fork(raw);
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = match contend(&q, 20_000) {
+                Ok(()) => 0,
+                Err(e) if e.raw_os_error() == Some(libc::EDEADLK) => 3,
+                Err(_) => 4,
+            };
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        contend(&q, 20_000).unwrap_or_else(|e| panic!("parent (raw clone {raw}): {e}"));
+        let st = wait_child(pid);
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "child (raw clone {raw}): status {st}"
+        );
+        // The child dies holding the lock: a third process must find out.
+        let pid = bare_fork(raw);
+        assert!(pid >= 0);
+        if pid == 0 {
+            q.__die_holding_lock(true, &|| raw_print(b"\nCHILD-LOCKED\n"));
+        }
+        println!("\nFORKED {pid} {raw}");
+        // The parent's stdout is the test's pipe; the test kills the child
+        // and answers on stdin once a third process got through.
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "next");
+        let st = wait_child(pid);
+        assert!(libc::WIFSIGNALED(st), "status {st}");
+        // And this process carries on with the queue.
+        contend(&q, 100).unwrap();
+    }
+    println!("FORKER-DONE");
+}
+
+fn third_process(dir: &Path) {
+    let q = OpenOptions::readwrite().dir(dir).open("/fork").unwrap();
+    let t = Duration::from_secs(10);
+    assert_eq!(q.attributes().unwrap().current_messages, 1);
+    let mut buf = [0u8; 64];
+    q.send_timeout(2, b"third", t).unwrap();
+    assert_eq!(q.recv_timeout(&mut buf, t).unwrap(), (2, 5));
+    let (p, n) = q.recv_timeout(&mut buf, t).unwrap();
+    assert_eq!((p, &buf[..n]), (0, &b"keep me"[..]), "nothing lost");
+    q.send(0, b"keep me").unwrap();
+    assert!(matches!(
+        Inspector::open("/fork", Some(dir))
+            .unwrap()
+            .info()
+            .unwrap()
+            .health,
+        Health::Repaired { .. }
+    ));
+}
+
+#[test]
+fn children_of_fork_without_handlers_lock_and_are_found_dead() {
+    let test = "children_of_fork_without_handlers_lock_and_are_found_dead";
+    match role().as_deref() {
+        Some("forker") => return bare_forker(&child_dir()),
+        Some("third") => return third_process(&child_dir()),
+        _ => {}
+    }
+    let d = TestDir::new("fork");
+    let dir = d.path();
+    let q = OpenOptions::readwrite()
+        .capacity(4)
+        .max_msg_len(64)
+        .create_new()
+        .dir(dir)
+        .open("/fork")
+        .unwrap();
+    // Below the racing messages (priority 1): only a receive when nothing
+    // else is queued takes it, and every racing receive follows a send.
+    q.send(0, b"keep me").unwrap();
+    let mut f = child(test, "forker", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cmd = f.stdin.take().unwrap();
+    let mut out = BufReader::new(f.stdout.take().unwrap());
+    for raw in [false, true] {
+        // The child's line and the parent's come in either order.
+        let (mut locked, mut pid) = (false, None);
+        let mut line = String::new();
+        while !locked || pid.is_none() {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "forker exited");
+            locked |= line.trim_end().ends_with("CHILD-LOCKED");
+            if let Some(p) = line.trim().strip_prefix("FORKED ") {
+                pid = Some(p.split_whitespace().next().unwrap().parse::<u32>().unwrap());
+            }
+        }
+        let pid = pid.unwrap();
+        signal(pid, libc::SIGKILL);
+        let i = info(dir, "/fork");
+        assert!(
+            matches!(i.lock, LockState::OwnerDied { .. }),
+            "raw clone {raw}: {:?}",
+            i.lock
+        );
+        let mut t = child(test, "third", dir).spawn().unwrap();
+        wait_ok(&mut t, WATCHDOG);
+        writeln!(cmd, "next").unwrap();
+    }
+    wait_for(&mut out, "FORKER-DONE");
+    wait_ok(&mut f, WATCHDOG);
+}
