@@ -13,8 +13,10 @@ use shmq::inspect::{Health, Inspector, LockState, QueueInfo};
 use shmq::{OpenOptions, PosixMq};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1294,4 +1296,221 @@ fn children_of_fork_without_handlers_lock_and_are_found_dead() {
     }
     wait_for(&mut out, "FORKER-DONE");
     wait_ok(&mut f, WATCHDOG);
+}
+
+// ---- 8. receivers killed between calls, many times -------------------------
+
+const SOAK_PRODUCERS: u32 = 2;
+const SOAK_PER_PRODUCER: u32 = 5000;
+const SOAK_CONSUMERS: usize = 3;
+const SOAK_KILLS: u32 = 200;
+
+fn append(path: &Path, rec: &[u8]) {
+    // A few bytes with O_APPEND land whole and survive a kill -9.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap()
+        .write_all(rec)
+        .unwrap();
+}
+
+fn soak_producer(dir: &Path, id: u32) {
+    let q = OpenOptions::writeonly().dir(dir).open("/soak").unwrap();
+    for seq in 0..SOAK_PER_PRODUCER {
+        // Small ones copied under the lock, large ones outside it.
+        let len = if seq % 3 == 0 {
+            6000
+        } else {
+            64 + (seq as usize % 200)
+        };
+        q.send(seq % 8, &payload(id, seq, len)).unwrap();
+        append(&dir.join(format!("sent-{id}")), &seq.to_le_bytes());
+    }
+}
+
+/// Receives, logs, says so on stdout, and waits on stdin for leave to go on:
+/// the parent kills it only there, between two receive calls.
+fn soak_consumer(dir: &Path, id: u32) {
+    let q = OpenOptions::readonly().dir(dir).open("/soak").unwrap();
+    let mut buf = vec![0u8; 6000];
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    raw_print(b"\n");
+    loop {
+        let (_, len) = q.recv(&mut buf).unwrap();
+        let (p, seq) = check(&buf[..len]).expect("an intact message");
+        let mut rec = [0u8; 8];
+        rec[..4].copy_from_slice(&p.to_le_bytes());
+        rec[4..].copy_from_slice(&seq.to_le_bytes());
+        append(&dir.join(format!("recv-{id}")), &rec);
+        raw_print(b"BETWEEN\n");
+        line.clear();
+        if stdin.lock().read_line(&mut line).unwrap() == 0 || line.trim() != "go" {
+            return;
+        }
+    }
+}
+
+fn read_u32s(path: &Path) -> Vec<u32> {
+    std::fs::read(path)
+        .map(|b| {
+            b.chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn receivers_killed_between_calls_lose_and_duplicate_nothing() {
+    let test = "receivers_killed_between_calls_lose_and_duplicate_nothing";
+    let id = || std::env::var("SHMQ_TEST_ID").unwrap().parse().unwrap();
+    match role().as_deref() {
+        Some("producer") => return soak_producer(&child_dir(), id()),
+        Some("consumer") => return soak_consumer(&child_dir(), id()),
+        _ => {}
+    }
+    let d = TestDir::new("soak");
+    let dir = d.path().to_path_buf();
+    let _q = OpenOptions::readwrite()
+        .capacity(16)
+        .max_msg_len(6000)
+        .create_new()
+        .dir(&dir)
+        .open("/soak")
+        .unwrap();
+    let spawn_dir = dir.clone();
+    let spawn = move |role: &str, id: u32| {
+        child(test, role, &spawn_dir)
+            .env("SHMQ_TEST_ID", id.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let start = Instant::now();
+    let mut producers: Vec<Child> = (0..SOAK_PRODUCERS).map(|p| spawn("producer", p)).collect();
+    let total = SOAK_PRODUCERS * SOAK_PER_PRODUCER;
+    let received = Arc::new(AtomicU32::new(0));
+    let kills = Arc::new(AtomicU32::new(0));
+    let next_id = Arc::new(AtomicU32::new(100));
+    // One thread per consumer slot: lets its consumer go on after each
+    // message, or kills it there (about one message in 40) and starts
+    // another, until every message was received.
+    let slots: Vec<_> = (0..SOAK_CONSUMERS)
+        .map(|slot| {
+            let (received, kills, next_id) = (
+                Arc::clone(&received),
+                Arc::clone(&kills),
+                Arc::clone(&next_id),
+            );
+            let spawn = spawn.clone();
+            std::thread::spawn(move || {
+                let mut rng = 0x9e37_79b9u32 ^ (slot as u32 + 1);
+                let mut c = spawn("consumer", next_id.fetch_add(1, Ordering::Relaxed));
+                let mut out = BufReader::new(c.stdout.take().unwrap());
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if out.read_line(&mut line).unwrap() == 0 {
+                        panic!("consumer exited: {:?}", c.wait());
+                    }
+                    if line.trim() != "BETWEEN" {
+                        continue;
+                    }
+                    let done = received.fetch_add(1, Ordering::Relaxed) + 1 >= total;
+                    rng ^= rng << 13;
+                    rng ^= rng >> 17;
+                    rng ^= rng << 5;
+                    if !done && rng % 40 == 0 && kills.load(Ordering::Relaxed) < SOAK_KILLS {
+                        kills.fetch_add(1, Ordering::Relaxed);
+                        kill9(&mut c);
+                        c = spawn("consumer", next_id.fetch_add(1, Ordering::Relaxed));
+                        out = BufReader::new(c.stdout.take().unwrap());
+                        continue;
+                    }
+                    if received.load(Ordering::Relaxed) >= total {
+                        break;
+                    }
+                    let _ = writeln!(c.stdin.as_mut().unwrap(), "go");
+                }
+                (c, out)
+            })
+        })
+        .collect();
+    for p in &mut producers {
+        wait_ok(p, WATCHDOG);
+    }
+    // Every message received: each consumer still waiting in recv gets one
+    // more message (not counted below), then all are told to stop.
+    eventually("every message received", WATCHDOG, || {
+        received.load(Ordering::Relaxed) >= total
+    });
+    let q = OpenOptions::writeonly().dir(&dir).open("/soak").unwrap();
+    let t = Instant::now();
+    while !slots.iter().all(|s| s.is_finished()) {
+        assert!(t.elapsed() < WATCHDOG, "consumers did not finish");
+        if q.attributes().unwrap().current_messages == 0 {
+            q.send(9, &payload(999, 0, 64)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut finished: Vec<(Child, BufReader<ChildStdout>)> = Vec::new();
+    for s in slots {
+        finished.push(s.join().unwrap());
+    }
+    // A stop message nobody needed in the end.
+    let drain = OpenOptions::readonly()
+        .nonblocking()
+        .dir(&dir)
+        .open("/soak")
+        .unwrap();
+    let mut buf = vec![0u8; 6000];
+    while let Ok((_, n)) = drain.recv(&mut buf) {
+        assert_eq!(check(&buf[..n]), Some((999, 0)), "only stop messages left");
+    }
+    for (mut c, _) in finished {
+        drop(c.stdin.take());
+        wait_ok(&mut c, WATCHDOG);
+    }
+    // Exact accounting: every receiver that died, died between calls, so
+    // whatever left the queue was logged.
+    let mut sent = HashSet::new();
+    for p in 0..SOAK_PRODUCERS {
+        let seqs = read_u32s(&dir.join(format!("sent-{p}")));
+        assert_eq!(seqs, (0..SOAK_PER_PRODUCER).collect::<Vec<_>>());
+        sent.extend(seqs.into_iter().map(|s| (p, s)));
+    }
+    let mut got = HashSet::new();
+    for c in 100..next_id.load(Ordering::Relaxed) {
+        for r in read_u32s(&dir.join(format!("recv-{c}"))).chunks_exact(2) {
+            if r[0] == 999 {
+                continue;
+            }
+            assert!(got.insert((r[0], r[1])), "{r:?} received twice");
+        }
+    }
+    let lost = sent.difference(&got).count();
+    let extra = got.difference(&sent).count();
+    assert_eq!((lost, extra), (0, 0), "lost, and received but never sent");
+    let i = info(&dir, "/soak");
+    assert_eq!(
+        (i.current_messages, i.in_flight, i.blocked_receivers),
+        (0, 0, 0)
+    );
+    assert_eq!(
+        i.health,
+        Health::Ok,
+        "nobody died mid-operation: nothing to repair"
+    );
+    let k = kills.load(Ordering::Relaxed);
+    assert!(k >= SOAK_KILLS / 2, "only {k} kills");
+    println!(
+        "soak: {} messages, {k} consumers killed between calls, {:?}",
+        got.len(),
+        start.elapsed()
+    );
 }
