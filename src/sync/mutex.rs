@@ -129,8 +129,11 @@ pub const NONBLOCK_WAIT: Duration = Duration::from_millis(2);
 const OWNER_CHECK_AFTER: Duration = Duration::from_millis(1);
 /// How often it asks again while the owner stays the same.
 const OWNER_CHECK_EVERY: Duration = Duration::from_millis(10);
-/// How often a waiter that polls for cancellation returns.
-pub const CANCEL_POLL: Duration = Duration::from_millis(50);
+/// How often a waiter that polls for cancellation returns: a
+/// `pthread_cancel` sends no signal to a thread in deferred mode, so this
+/// bounds how long a cancelled thread waits on, for a lock that a stopped
+/// holder keeps (well within the 50 ms the C API promises).
+pub const CANCEL_POLL: Duration = Duration::from_millis(20);
 
 /// A held lock, and how to release it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
