@@ -728,6 +728,59 @@ fn stopped_prober(dir: &Path) {
     println!("PROBED");
 }
 
+extern "C" fn count_signal(_: libc::c_int) {
+    SIGNALS.fetch_add(1, Ordering::Relaxed);
+}
+
+static SIGNALS: AtomicU32 = AtomicU32::new(0);
+
+/// A blocking receive through the `mq_*` front door (which returns EINTR)
+/// waits for the stopped holder; a signal whose handler has no
+/// `SA_RESTART`, sent at varied instants of the wait, must end it with
+/// EINTR within 50 ms every time.
+fn eintr_prober() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let q = shmq::mqueue::mq_open(
+        "/stopped",
+        nix::mqueue::MQ_OFlag::O_RDWR,
+        nix::sys::stat::Mode::empty(),
+        None,
+    )
+    .unwrap();
+    let sa = SigAction::new(
+        SigHandler::Handler(count_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only increments an atomic.
+    unsafe { sigaction(Signal::SIGUSR1, &sa) }.unwrap();
+    let mut buf = [0u8; 64];
+    for i in 0..60u64 {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() } as usize;
+        let before = SIGNALS.load(Ordering::Relaxed);
+        let poke = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1 + (i * 7) % 40));
+            let at = Instant::now();
+            // SAFETY: the receiving thread outlives this one (it joins it).
+            unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
+            at
+        });
+        let mut prio = 0;
+        let r = shmq::mqueue::mq_receive(&q, &mut buf, &mut prio);
+        let back = Instant::now();
+        let sent = poke.join().unwrap();
+        assert_eq!(r, Err(nix::errno::Errno::EINTR), "round {i}");
+        assert_eq!(SIGNALS.load(Ordering::Relaxed), before + 1);
+        let late = back.saturating_duration_since(sent);
+        assert!(
+            late <= Duration::from_millis(50),
+            "round {i}: EINTR {late:?} after the signal"
+        );
+    }
+    println!("EINTR-PROBED");
+}
+
 /// Sends and receives its own numbered messages in a loop, checking each;
 /// the parent stops and continues it at random.
 fn stopped_worker(dir: &Path) {
@@ -767,6 +820,7 @@ fn a_stopped_lock_holder_delays_only_those_who_wait_for_it() {
     match role().as_deref() {
         Some("holder") => hold_lock_role(&child_dir(), "/stopped", false),
         Some("prober") => return stopped_prober(&child_dir()),
+        Some("eintr-prober") => return eintr_prober(),
         Some("worker") => return stopped_worker(&child_dir()),
         _ => {}
     }
@@ -790,6 +844,11 @@ fn a_stopped_lock_holder_delays_only_those_who_wait_for_it() {
         proc_state(holder.id()) == Some('T')
     });
     let mut p = child(test, "prober", dir).spawn().unwrap();
+    wait_ok(&mut p, WATCHDOG);
+    let mut p = child(test, "eintr-prober", dir)
+        .env("SHMQ_DIR", dir)
+        .spawn()
+        .unwrap();
     wait_ok(&mut p, WATCHDOG);
     let t = Instant::now();
     let out = Command::new(&mqtool)
