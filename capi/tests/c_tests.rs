@@ -104,10 +104,44 @@ fn compile(src: &Path, out: &Path, v: &Variant) {
     );
 }
 
+/// Tells this test binary, run again, to be the lock holder.
+const HOLDER_ROLE: &str = "SHMQ_TEST_ROLE";
+
+/// The shell command a C test runs to get a process that holds a shmq
+/// queue's lock (named in `SHMQ_TEST_QUEUE`, in `SHMQ_DIR`), for as long
+/// as it lives: this binary, running [`c_test_lock_holder`].
+fn holder_command() -> String {
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.display().to_string();
+    assert!(!exe.contains('\''), "a path the shell can quote: {exe}");
+    format!("exec '{exe}' c_test_lock_holder --exact --nocapture --test-threads=1")
+}
+
+/// Not a test of its own: the lock holder that C tests start through
+/// `SHMQ_TEST_HOLDER` (see `tests/c/stopped_holder.c`). Takes the queue's
+/// lock in the middle of a receive, prints `SHMQ-LOCKED` and waits to be
+/// killed.
+#[test]
+fn c_test_lock_holder() {
+    if std::env::var(HOLDER_ROLE).as_deref() != Ok("hold") {
+        return;
+    }
+    let name = std::env::var("SHMQ_TEST_QUEUE").expect("SHMQ_TEST_QUEUE");
+    let q = shmq::OpenOptions::readwrite().open(&name).unwrap();
+    q.__die_holding_lock(true, &|| {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "\nSHMQ-LOCKED");
+        let _ = out.flush();
+    });
+}
+
 /// Runs one program; returns (passed, failed) from its summary line.
 fn run(bin: &Path, v: &Variant, libdir: &Path, queue_dir: &Path) -> (u32, u32) {
     let mut c = Command::new(bin);
-    c.env("SHMQ_DIR", queue_dir);
+    c.env("SHMQ_DIR", queue_dir)
+        .env("SHMQ_TEST_HOLDER", holder_command())
+        .env(HOLDER_ROLE, "hold");
     if v.preload {
         c.env("LD_PRELOAD", libdir.join("libshmq_preload.so"));
     }

@@ -62,8 +62,9 @@ JSON Lines (--json): one object per line, each with a \"type\":
                          blocked_senders, blocked_receivers, in_flight,
                          notify (null or {pid, kind, signal}),
                          total_sent, total_received, file_size,
-                         version (\"2.0\"), health {status (ok, repaired,
-                         corrupted), repairs, corrupted_slots};
+                         version (\"3.0\"), health {status (ok, repaired,
+                         corrupted), repairs, corrupted_slots},
+                         lock {state (free, busy, owner-died), member};
                          a queue ls cannot read: name, name_bytes, path,
                          error {errno, message}
   sample   (watch)       queue, time (Unix seconds), elapsed,

@@ -9,7 +9,7 @@
 //!   `{"type":"message","queue":"/jobs","priority":7,"len":5,"data":{"text":"hello"}}`
 //! - `"queue"` ([`QueueJson`] from `info` and `ls`, or [`QueueErrorJson`]
 //!   from `ls` for a queue that cannot be read):
-//!   `{"type":"queue","name":"/jobs","name_bytes":"2f6a6f6273","path":"/dev/shm/shmq/jobs","capacity":10,"max_msg_len":8192,"current_messages":2,"mode":"0600","uid":0,"gid":0,"per_priority":[{"priority":7,"count":1},{"priority":3,"count":1}],"blocked_senders":0,"blocked_receivers":0,"in_flight":0,"notify":null,"total_sent":2,"total_received":0,"file_size":86016,"version":"2.0","health":{"status":"ok","repairs":0,"corrupted_slots":0}}`
+//!   `{"type":"queue","name":"/jobs","name_bytes":"2f6a6f6273","path":"/dev/shm/shmq/jobs","capacity":10,"max_msg_len":8192,"current_messages":2,"mode":"0600","uid":0,"gid":0,"per_priority":[{"priority":7,"count":1},{"priority":3,"count":1}],"blocked_senders":0,"blocked_receivers":0,"in_flight":0,"notify":null,"total_sent":2,"total_received":0,"file_size":86016,"version":"3.0","health":{"status":"ok","repairs":0,"corrupted_slots":0},"lock":{"state":"free","member":null}}`
 //!   or `{"type":"queue","name":"/bad","name_bytes":"2f626164","path":"…","error":{"errno":"EBADMSG","message":"…"}}`
 //!
 //!   Queue names are bytes: `name` is them as UTF-8, with U+FFFD for any
@@ -172,6 +172,33 @@ pub struct QueueJson {
     pub version: String,
     /// Repair history.
     pub health: HealthJson,
+    /// The queue lock when the snapshot was taken.
+    pub lock: LockJson,
+}
+
+/// The queue lock, as `info` found it.
+#[derive(Debug, Serialize)]
+pub struct LockJson {
+    /// `"free"` (the snapshot was taken under it), `"busy"` (held for
+    /// longer than `info` waits, by a stopped or busy process: the snapshot
+    /// was read without it) or `"owner-died"` (the next send or receive
+    /// repairs the queue).
+    pub state: &'static str,
+    /// The holder's member number, `null` when free.
+    pub member: Option<u32>,
+}
+
+impl LockJson {
+    /// Converts the library's lock state.
+    pub fn new(l: shmq::inspect::LockState) -> LockJson {
+        use shmq::inspect::LockState;
+        let (state, member) = match l {
+            LockState::Free => ("free", None),
+            LockState::Busy { member } => ("busy", Some(member)),
+            LockState::OwnerDied { member } => ("owner-died", Some(member)),
+        };
+        LockJson { state, member }
+    }
 }
 
 impl QueueJson {
@@ -207,6 +234,7 @@ impl QueueJson {
             file_size: i.file_size,
             version: format!("{}.{}", i.version.0, i.version.1),
             health: HealthJson::new(i.health),
+            lock: LockJson::new(i.lock),
         }
     }
 }

@@ -315,6 +315,10 @@ fn info_json_numbers() {
     assert_eq!(i["mode"], format!("{:04o}", 0o640 & !umask()));
     assert_eq!(i["health"]["status"], "ok");
     assert_eq!(i["version"], "3.0");
+    assert_eq!(
+        i["lock"],
+        serde_json::json!({"state": "free", "member": null})
+    );
     let path = PathBuf::from(i["path"].as_str().unwrap());
     assert_eq!(path, env.dir.join("i"));
     assert_eq!(i["file_size"], std::fs::metadata(&path).unwrap().len());
@@ -324,6 +328,7 @@ fn info_json_numbers() {
         "messages:    5 of 20 (up to 128 bytes each)",
         "by priority: 100: 2, 3: 2, 0: 1",
         "health:      ok",
+        "lock:        free",
     ] {
         assert!(text.contains(want), "{want:?} in {text}");
     }

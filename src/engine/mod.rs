@@ -71,8 +71,10 @@ const INFLIGHT_POLL: Duration = Duration::from_millis(10);
 /// has.
 const FILE_CHECK: Duration = Duration::from_secs(1);
 /// How often a sleeper of the C API returns to look for a pending thread
-/// cancellation (`pthread_cancel`), when it asked to.
-const CANCEL_POLL: Duration = mutex::CANCEL_POLL;
+/// cancellation (`pthread_cancel`), when it asked to. Longer than the lock
+/// wait's poll (`mutex::CANCEL_POLL`): a sleeper that returns is not
+/// counted as a blocked receiver until it sleeps again.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
 /// Consecutive futile wakes after which the sleeper counts are re-checked.
 const FUTILE_WAKES: u32 = 16;
 

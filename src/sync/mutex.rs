@@ -129,8 +129,11 @@ pub const NONBLOCK_WAIT: Duration = Duration::from_millis(2);
 const OWNER_CHECK_AFTER: Duration = Duration::from_millis(1);
 /// How often it asks again while the owner stays the same.
 const OWNER_CHECK_EVERY: Duration = Duration::from_millis(10);
-/// How often a waiter that polls for cancellation returns.
-pub const CANCEL_POLL: Duration = Duration::from_millis(50);
+/// How often a waiter that polls for cancellation returns: a
+/// `pthread_cancel` sends no signal to a thread in deferred mode, so this
+/// bounds how long a cancelled thread waits on, for a lock that a stopped
+/// holder keeps (well within the 50 ms the C API promises).
+pub const CANCEL_POLL: Duration = Duration::from_millis(20);
 
 /// A held lock, and how to release it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -368,12 +371,44 @@ pub fn lock(
 #[cold]
 fn contended(
     r: &Region,
+    v: u64,
+    mine: u64,
+    again: bool,
+    spin_ns: u32,
+    wait: &Wait<'_>,
+    owner_alive: &dyn Fn(u32, u32) -> bool,
+) -> Result<Acquired, LockError> {
+    let mut held_back = HeldBack::NONE;
+    let out = contended_inner(
+        r,
+        v,
+        mine,
+        again,
+        spin_ns,
+        wait,
+        owner_alive,
+        &mut held_back,
+    );
+    // Whatever ends the wait, a signal held back meanwhile is delivered
+    // now, before the call returns; a caller that gives up anyway (a
+    // poll for cancellation) gives up with EINTR if it ran a handler.
+    let handled = held_back.release();
+    match out {
+        Err(LockError::Restart) if handled => Err(LockError::Interrupted),
+        out => out,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn contended_inner(
+    r: &Region,
     mut v: u64,
     mine: u64,
     again: bool,
     spin_ns: u32,
     wait: &Wait<'_>,
     owner_alive: &dyn Fn(u32, u32) -> bool,
+    held_back: &mut HeldBack,
 ) -> Result<Acquired, LockError> {
     let w = word(r);
     let start = Instant::now();
@@ -483,13 +518,154 @@ fn contended(
             limit = limit.min(OWNER_CHECK_EVERY);
         }
         keep = u64::from(FUTEX_WAITERS);
+        if wait.interruptible {
+            // Signals wait for the end of each nap (see `HeldBack`).
+            held_back.hold();
+        }
         if nap(r, &mut barrier, limit.max(Duration::from_micros(10))) == Nap::Interrupted {
             if wait.interruptible {
                 return Err(LockError::Interrupted);
             }
             polled = if wait.cancel_poll { start } else { polled };
         }
+        if held_back.pending() {
+            // Delivered on the way out, before the caller sees EINTR; a
+            // signal that runs no handler is delivered at once, and the
+            // wait goes on.
+            if held_back.release() {
+                return Err(LockError::Interrupted);
+            }
+        }
         v = w.load(Relaxed);
+    }
+}
+
+/// Signals held back from a thread while it waits for the lock and wants
+/// `EINTR`: a handler that ran between two naps (or in a system call of
+/// the wait that is not a nap) would leave no trace, and the wait would go
+/// on for as long as the holder holds the lock, for ever if it is stopped.
+/// So from its first nap the thread blocks the signals it does not block
+/// already, looks for pending ones after each nap (naps are short), and
+/// unblocks them when it gives up or gets the lock: a signal that arrives
+/// at any instant ends the wait within one nap, and its handler runs
+/// before the call returns. Synchronous signals (a fault) are never
+/// blocked, nor can `SIGKILL` and `SIGSTOP` be.
+#[derive(Debug)]
+struct HeldBack {
+    /// The thread's mask before, when blocking (kernel `sigset_t`, 64
+    /// signals on Linux).
+    old: Option<u64>,
+}
+
+/// `sig`'s bit in a kernel signal set.
+const fn sigbit(sig: libc::c_int) -> u64 {
+    1 << (sig - 1)
+}
+
+/// glibc's internal signals: thread cancellation and set*id broadcasts
+/// (`sigaction` refuses both).
+const SIGCANCEL: libc::c_int = 32;
+const SIGSETXID: libc::c_int = 33;
+
+/// Signals a fault raises: blocking them would turn the next fault into a
+/// kill instead of a call of the handler.
+const SYNCHRONOUS: u64 = sigbit(libc::SIGSEGV)
+    | sigbit(libc::SIGBUS)
+    | sigbit(libc::SIGFPE)
+    | sigbit(libc::SIGILL)
+    | sigbit(libc::SIGTRAP)
+    | sigbit(libc::SIGSYS);
+
+impl HeldBack {
+    const NONE: HeldBack = HeldBack { old: None };
+
+    /// Blocks (once) every signal that may be blocked and is not yet.
+    fn hold(&mut self) {
+        if self.old.is_some() {
+            return;
+        }
+        let block: u64 = !(sigbit(libc::SIGKILL) | sigbit(libc::SIGSTOP) | SYNCHRONOUS);
+        let mut old: u64 = 0;
+        // SAFETY: rt_sigprocmask with valid 8-byte kernel sigsets (the raw
+        // call, since glibc's wrapper would silently keep SIGCANCEL
+        // unblocked, and cancellation is among what must end the wait).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_BLOCK,
+                &block as *const u64,
+                &mut old as *mut u64,
+                8usize,
+            )
+        };
+        if r == 0 {
+            self.old = Some(old);
+        }
+    }
+
+    /// Whether a signal the caller had not blocked is pending.
+    fn pending(&self) -> bool {
+        let Some(old) = self.old else { return false };
+        let mut set: u64 = 0;
+        // SAFETY: rt_sigpending writes one 8-byte kernel sigset.
+        let r = unsafe { libc::syscall(libc::SYS_rt_sigpending, &mut set as *mut u64, 8usize) };
+        r == 0 && set & !old != 0
+    }
+
+    /// Unblocks what [`hold`](Self::hold) blocked, which delivers whatever
+    /// is pending; returns whether any of it runs a handler that ends a
+    /// call (an ignored signal does not, nor one with `SA_RESTART`).
+    fn release(&mut self) -> bool {
+        let Some(old) = self.old.take() else {
+            return false;
+        };
+        let mut set: u64 = 0;
+        // SAFETY: as in `pending`.
+        let r = unsafe { libc::syscall(libc::SYS_rt_sigpending, &mut set as *mut u64, 8usize) };
+        let pending = if r == 0 { set & !old } else { 0 };
+        let handled = (1..=64)
+            .filter(|&sig: &libc::c_int| pending & sigbit(sig) != 0)
+            .any(runs_a_handler);
+        // SAFETY: restores the mask read in `hold`.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &old as *const u64,
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            )
+        };
+        handled
+    }
+}
+
+impl Drop for HeldBack {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Whether delivering `sig` now runs a handler of the process that ends
+/// a call with `EINTR`.
+fn runs_a_handler(sig: libc::c_int) -> bool {
+    match sig {
+        SIGCANCEL => true,
+        SIGSETXID => false,
+        _ => {
+            // SAFETY: a zeroed sigaction is valid storage for the answer;
+            // a null new action only reads.
+            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            if unsafe { libc::sigaction(sig, std::ptr::null(), &mut sa) } != 0 {
+                return false;
+            }
+            // A handler with SA_RESTART lets the call go on, as the
+            // kernel restarts a system call.
+            sa.sa_sigaction != libc::SIG_IGN
+                && sa.sa_sigaction != libc::SIG_DFL
+                && sa.sa_flags & libc::SA_RESTART == 0
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use super::{Ctx, queue_name};
 use crate::cli::InfoArgs;
 use crate::exit::{Exit, Outcome};
 use crate::output::{self, QueueJson, json_line};
-use shmq::inspect::{Health, QueueInfo};
+use shmq::inspect::{Health, LockState, QueueInfo};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 
@@ -56,6 +56,16 @@ fn human(name: &[u8], i: &QueueInfo) -> String {
             plural(repairs.into(), "repair", "repairs")
         ),
     };
+    let lock = match i.lock {
+        LockState::Free => "free".to_string(),
+        LockState::Busy { member } => format!(
+            "busy (held by member {member} longer than info waits: \
+             a stopped or busy process; the figures above were read without it)"
+        ),
+        LockState::OwnerDied { member } => {
+            format!("owner died (member {member}; the next send or receive repairs the queue)")
+        }
+    };
     let (major, minor) = shmq::inspect::layout_version();
     let rows = [
         ("name", output::escape(name)),
@@ -101,6 +111,7 @@ fn human(name: &[u8], i: &QueueInfo) -> String {
             ),
         ),
         ("health", health),
+        ("lock", lock),
     ];
     rows.iter()
         .map(|(k, v)| format!("{:<12} {v}\n", format!("{k}:")))
