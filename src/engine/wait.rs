@@ -180,6 +180,12 @@ impl Guard<'_> {
     }
 }
 
+thread_local! {
+    /// This thread's last wait ended with `ERESTART` for a cancellation
+    /// check, and the caller is expected to call again.
+    static RESUMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A caller's state while it waits for a side.
 #[derive(Default)]
 pub(super) struct Waiting {
@@ -198,8 +204,13 @@ pub(super) struct Waiting {
 
 impl Waiting {
     pub(super) fn new(cancel_poll: bool) -> Waiting {
+        // A call made again after its sleep was cut for a cancellation
+        // check goes straight back to sleep: a signal that arrived while it
+        // spun again would run its handler without ending the call.
+        let resumed = cancel_poll && RESUMED.replace(false);
         Waiting {
             cancel_poll,
+            spun: resumed,
             ..Waiting::default()
         }
     }
@@ -295,6 +306,7 @@ impl Queue {
                 Err(Error::Os(Errno::ETIMEDOUT))
             }
             Err(WaitError::TimedOut) if cancel.as_ref().is_some_and(reached) => {
+                RESUMED.set(true);
                 Err(Error::Os(Errno::ERESTART))
             }
             Err(WaitError::Interrupted) => Err(Error::Os(Errno::EINTR)),
