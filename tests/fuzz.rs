@@ -8,7 +8,7 @@
 //! `tests/fixtures/fuzz/*.txt` holds cases worth keeping (each one a list
 //! of mutations of the same base image, in the format of [`Mutation`]'s
 //! `parse`); `fuzz_corpus_replays` runs them all. `SHMQ_FUZZ_CASES` sets
-//! the number of random cases (default 96).
+//! the number of random cases (default 300).
 
 mod common;
 mod hostile_support;
@@ -296,7 +296,7 @@ fn cases() -> u32 {
     std::env::var("SHMQ_FUZZ_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(96)
+        .unwrap_or(300)
 }
 
 proptest! {
