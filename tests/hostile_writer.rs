@@ -333,8 +333,9 @@ fn honest_processes_survive_a_hostile_writer() {
     }
     let d = TestDir::new("hostile-writer");
     let dir = d.path();
+    let mut identity = Vec::new();
     for name in ["/w", "/idle"] {
-        OpenOptions::readwrite()
+        let q = OpenOptions::readwrite()
             .capacity(CAPACITY)
             .max_msg_len(MSGSIZE)
             .mode(0o600)
@@ -342,6 +343,7 @@ fn honest_processes_survive_a_hostile_writer() {
             .dir(dir)
             .open(name)
             .unwrap();
+        identity.push((name, std::fs::read(q.path()).unwrap()[..64].to_vec()));
     }
     let secs = soak_secs();
     let run = Duration::from_secs(secs);
@@ -393,4 +395,12 @@ fn honest_processes_survive_a_hostile_writer() {
     assert!(received > 0, "no message went through at all");
     let c = spawn("fresh", dir, Duration::ZERO, seed);
     verdict(c, "fresh", Duration::from_secs(30)).unwrap();
+    // With its identity block (what opening checks) put back, the
+    // scribbled rest must open, and work: repaired or reported.
+    for (name, id) in &identity {
+        Raw::open(&dir.join(&name[1..])).unwrap().write(0, id);
+    }
+    let c = spawn("fresh", dir, Duration::ZERO, seed);
+    let said = verdict(c, "fresh, identity restored", Duration::from_secs(30)).unwrap();
+    assert!(!said.contains("refused"), "{said}");
 }
