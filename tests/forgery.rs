@@ -473,7 +473,7 @@ fn lock_word_naming_no_live_owner_is_taken_over() {
             let i = Inspector::open("/lock", Some(dir)).map_err(|e| e.to_string())?;
             match i.peek(None) {
                 Ok(_) => Ok(()),
-                Err(shmq::Error::Os(e)) if e == nix::errno::Errno::EOWNERDEAD => Ok(()),
+                Err(shmq::Error::Os(nix::errno::Errno::EOWNERDEAD)) => Ok(()),
                 Err(e) => Err(e.to_string()),
             }
         }),

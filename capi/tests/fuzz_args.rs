@@ -142,11 +142,13 @@ fn run_cases(dir: &Path, lib: &Path, random: u32, seed: u64) {
     };
     let name = CString::new("/fuzz").unwrap();
     let attr = mk_attr(0, 4, MSGSIZE as i64);
-    // SAFETY (all calls below): pointers are null, or valid for what the
+    // The calls below pass pointers that are null, or valid for what the
     // function may touch: buffers are larger than the message size, which
     // bounds every copy; lengths beyond them are refused or never used.
+    // SAFETY: as just said.
     let fd = unsafe { (api.open4)(name.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600, &attr) };
     assert!(fd >= 0, "open: errno {}", errno());
+    // SAFETY: as above.
     let nb = unsafe {
         (api.open4)(
             name.as_ptr(),
@@ -156,7 +158,9 @@ fn run_cases(dir: &Path, lib: &Path, random: u32, seed: u64) {
         )
     };
     assert!(nb >= 0);
+    // SAFETY: as above.
     let closed = unsafe { (api.open4)(name.as_ptr(), libc::O_RDONLY, 0, std::ptr::null()) };
+    // SAFETY: as above.
     assert_eq!(unsafe { (api.close)(closed) }, 0);
     let mut buf = vec![0u8; 4 * MSGSIZE];
     let bufp = buf.as_mut_ptr().cast::<c_char>();
@@ -184,6 +188,7 @@ fn run_cases(dir: &Path, lib: &Path, random: u32, seed: u64) {
     let null = std::ptr::null::<c_char>();
 
     // Known cases.
+    // SAFETY: as above.
     unsafe {
         case("open NULL name");
         check(
@@ -412,12 +417,12 @@ fn run_cases(dir: &Path, lib: &Path, random: u32, seed: u64) {
         let f = rng.pick(&fds);
         let len = rng.pick(&lens);
         let p = rng.pick(&prios);
-        let ts: *const timespec = if rng.next() % 8 == 0 {
+        let ts: *const timespec = if rng.next().is_multiple_of(8) {
             std::ptr::null()
         } else {
             rng.pick(&times)
         };
-        let ptr = if rng.next() % 6 == 0 {
+        let ptr = if rng.next().is_multiple_of(6) {
             std::ptr::null_mut()
         } else {
             bufp
@@ -425,7 +430,7 @@ fn run_cases(dir: &Path, lib: &Path, random: u32, seed: u64) {
         // A blocking call on the blocking descriptor only with a deadline
         // that cannot make it wait.
         let f_untimed = if f == fd { nb } else { f };
-        let ts_safe = if f == fd && ts == (&far as *const timespec) {
+        let ts_safe = if f == fd && std::ptr::eq(ts, &far) {
             &past as *const timespec
         } else {
             ts
@@ -443,7 +448,7 @@ fn run_cases(dir: &Path, lib: &Path, random: u32, seed: u64) {
                     f_untimed,
                     ptr,
                     len,
-                    if rng.next() % 2 == 0 {
+                    if rng.next().is_multiple_of(2) {
                         &mut prio
                     } else {
                         std::ptr::null_mut()
@@ -524,11 +529,8 @@ fn run_cases(dir: &Path, lib: &Path, random: u32, seed: u64) {
     }
     for std_fd in 0..3 {
         // SAFETY: fcntl only asks.
-        assert_ne!(
-            unsafe { libc::fcntl(std_fd, libc::F_GETFD) },
-            -1,
-            "fd {std_fd} was closed"
-        );
+        let r = unsafe { libc::fcntl(std_fd, libc::F_GETFD) };
+        assert_ne!(r, -1, "fd {std_fd} was closed");
     }
     let _ = dir;
     writeln!(out, "@@ done").unwrap();
@@ -603,7 +605,7 @@ fn c_api_arguments_fuzz() {
     let last = out
         .lines()
         .filter_map(|l| l.find("@@").map(|i| &l[i + 2..]))
-        .last()
+        .next_back()
         .unwrap_or("(nothing)");
     assert!(
         st.success() && last.trim() == "done",
