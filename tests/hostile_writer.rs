@@ -109,6 +109,45 @@ fn hostile_writer_child() {
     }
 }
 
+/// Counts errors by errno, and ends the process (exit code 5) on one that
+/// a hostile writer cannot explain: only a deadline (`ETIMEDOUT`), a busy
+/// queue (`EAGAIN`) and damage (`EBADMSG`) may come out of a send or a
+/// receive here.
+#[derive(Default)]
+struct Errors(std::collections::BTreeMap<i32, u64>);
+
+impl Errors {
+    fn count(&mut self, what: &str, e: &std::io::Error) {
+        let code = e
+            .raw_os_error()
+            .or_else(|| {
+                let inner = e.get_ref()?.downcast_ref::<shmq::Error>()?;
+                Some(inner.errno() as i32)
+            })
+            .unwrap_or(-1);
+        if ![libc::ETIMEDOUT, libc::EAGAIN, libc::EBADMSG].contains(&code) {
+            eprintln!("{what}: unexpected error {e}");
+            std::process::exit(5);
+        }
+        *self.0.entry(code).or_default() += 1;
+    }
+
+    fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
+impl std::fmt::Display for Errors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self
+            .0
+            .iter()
+            .map(|(c, n)| format!("{} {n}", shmq::errno_name(nix::errno::Errno::from_raw(*c))))
+            .collect();
+        write!(f, "errors {} [{}]", self.total(), names.join(", "))
+    }
+}
+
 fn open(dir: &Path, name: &str) -> shmq::PosixMq {
     OpenOptions::readwrite().dir(dir).open(name).unwrap()
 }
@@ -117,7 +156,7 @@ fn produce(dir: &Path, until: Instant, nonblocking: bool) {
     let q = open(dir, "/w");
     q.set_nonblocking(nonblocking).unwrap();
     let mut rng = Rng::new(std::process::id() as u64);
-    let (mut sent, mut errors) = (0u64, 0u64);
+    let (mut sent, mut errors) = (0u64, Errors::default());
     while Instant::now() < until {
         let m = message(sent, &mut rng);
         let prio = rng.below(32768) as u32;
@@ -130,21 +169,21 @@ fn produce(dir: &Path, until: Instant, nonblocking: bool) {
         };
         match r {
             Ok(()) => sent += 1,
-            Err(_) => {
-                errors += 1;
+            Err(e) => {
+                errors.count("send", &e);
                 if nonblocking {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
         }
     }
-    println!("\n@@ sent {sent}, errors {errors}");
+    println!("\n@@ sent {sent}, {errors}");
 }
 
 fn consume(dir: &Path, until: Instant, inspecting: bool) {
     let q = open(dir, "/w");
     let mut buf = vec![0u8; MSGSIZE];
-    let (mut good, mut spoiled, mut errors) = (0u64, 0u64, 0u64);
+    let (mut good, mut spoiled, mut errors) = (0u64, 0u64, Errors::default());
     let inspector = Inspector::open("/w", Some(dir)).unwrap();
     let mut n = 0u64;
     while Instant::now() < until {
@@ -154,7 +193,7 @@ fn consume(dir: &Path, until: Instant, inspecting: bool) {
         }) {
             Ok((_, len)) if intact(&buf[..len]) => good += 1,
             Ok(_) => spoiled += 1,
-            Err(_) => errors += 1,
+            Err(e) => errors.count("receive", &e),
         }
         if inspecting && n % 16 == 0 {
             timed("attributes", Duration::ZERO, || q.attributes().map(drop)).ok();
@@ -164,7 +203,7 @@ fn consume(dir: &Path, until: Instant, inspecting: bool) {
             });
         }
     }
-    println!("\n@@ received {good}, spoiled {spoiled}, errors {errors}");
+    println!("\n@@ received {good}, spoiled {spoiled}, {errors}");
 }
 
 /// Waits on a queue nobody sends to (but that is scribbled over too):
