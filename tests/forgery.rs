@@ -655,3 +655,128 @@ fn bounded_own(f: &Fixture) {
     assert_eq!(info.lock, LockState::Busy { member: 1 });
     assert!(t.elapsed() < Duration::from_secs(1));
 }
+
+/// A call that copies a long message outside the lock must take the lock
+/// back to finish; a lock word forged meanwhile naming a live member makes
+/// that wait as long as the member lives. A timed call still ends at its
+/// deadline, and what it had started is rolled back: the write dropped,
+/// the read put back.
+#[test]
+fn a_copy_outside_the_lock_keeps_the_deadline() {
+    const BIG: usize = 16 << 20;
+    let d = TestDir::new("lock-copy");
+    let dir = d.path().to_path_buf();
+    let q = Arc::new(
+        OpenOptions::readwrite()
+            .mode(0o600)
+            .capacity(2)
+            .max_msg_len(BIG)
+            .create_new()
+            .dir(&dir)
+            .open("/lock")
+            .unwrap(),
+    );
+    let mut c = common::child(CHILD_TEST, "member", &dir)
+        .env("FORGE_NAME", "/lock")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(await_line(&mut c), "ready");
+    let live = Raw::open(q.path())
+        .unwrap()
+        .u32(off::NEXT_MEMBER)
+        .load(Relaxed);
+    assert_eq!(live, 2);
+    // Forges the word as soon as a copy outside the lock starts and the
+    // lock is free.
+    let forge_during_copy = |path: PathBuf| {
+        std::thread::spawn(move || {
+            let raw = Raw::open(&path).unwrap();
+            let forged = (2u64 << 32) | u64::from(NO_SUCH_TID);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if raw.u32(off::NINFLIGHT).load(Relaxed) != 0
+                    && raw
+                        .u64(off::LOCK_WORD)
+                        .compare_exchange(0, forged, Relaxed, Relaxed)
+                        .is_ok()
+                {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            false
+        })
+    };
+    let big = vec![0xa5u8; BIG];
+    let mut buf = vec![0u8; BIG];
+    let limit = Duration::from_millis(300);
+    let mut sent = 0;
+    for attempt in 0..5 {
+        // A send: its slot is reserved, filled outside the lock, and then
+        // the lock seems held by member 2.
+        let forger = forge_during_copy(q.path().to_path_buf());
+        let (qc, bc) = (q.clone(), big.clone());
+        let (r, took) = within("a timed send", Duration::from_secs(5), move || {
+            qc.send_timeout(1, &bc, limit)
+        });
+        let forged = forger.join().unwrap();
+        if !forged {
+            // The copy was over before the forger saw it: try again.
+            assert!(r.is_ok(), "{r:?}");
+            sent += 1;
+            continue;
+        }
+        assert!(
+            took < limit + Duration::from_secs(1),
+            "attempt {attempt}: a timed send took {took:?} with a forged lock word"
+        );
+        assert_eq!(timed_err(r), Some(libc::ETIMEDOUT), "attempt {attempt}");
+        // Free the lock (as the holder's death would) and check the
+        // unfinished send left nothing behind.
+        Raw::open(q.path())
+            .unwrap()
+            .u64(off::LOCK_WORD)
+            .store(0, Relaxed);
+        assert_eq!(q.attributes().unwrap().current_messages, sent);
+        break;
+    }
+    // A receive of a long message, the same way.
+    q.set_nonblocking(true).unwrap();
+    while q.recv(&mut buf).is_ok() {}
+    q.set_nonblocking(false).unwrap();
+    q.send(7, &big).unwrap();
+    for attempt in 0..5 {
+        let forger = forge_during_copy(q.path().to_path_buf());
+        let qc = q.clone();
+        let (r, took) = within("a timed receive", Duration::from_secs(5), move || {
+            let mut buf = vec![0u8; BIG];
+            qc.recv_timeout(&mut buf, limit).map(drop)
+        });
+        if !forger.join().unwrap() {
+            assert!(r.is_ok(), "{r:?}");
+            q.send(7, &big).unwrap();
+            continue;
+        }
+        assert!(
+            took < limit + Duration::from_secs(1),
+            "attempt {attempt}: a timed receive took {took:?} with a forged lock word"
+        );
+        assert_eq!(timed_err(r), Some(libc::ETIMEDOUT), "attempt {attempt}");
+        Raw::open(q.path())
+            .unwrap()
+            .u64(off::LOCK_WORD)
+            .store(0, Relaxed);
+        // The message it did not deliver is back in the queue.
+        assert_eq!(q.attributes().unwrap().current_messages, 1);
+        let (p, n) = q.recv_timeout(&mut buf, Duration::from_secs(2)).unwrap();
+        assert_eq!((p, n), (7, BIG));
+        break;
+    }
+    // Both slots are usable again.
+    q.set_nonblocking(true).unwrap();
+    q.send(1, b"one").unwrap();
+    q.send(1, b"two").unwrap();
+    finish(c, "member");
+}
