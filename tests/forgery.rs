@@ -713,6 +713,7 @@ fn a_copy_outside_the_lock_keeps_the_deadline() {
     let mut buf = vec![0u8; BIG];
     let limit = Duration::from_millis(300);
     let mut sent = 0;
+    let mut hits = 0;
     for attempt in 0..5 {
         // A send: its slot is reserved, filled outside the lock, and then
         // the lock seems held by member 2.
@@ -740,6 +741,7 @@ fn a_copy_outside_the_lock_keeps_the_deadline() {
             .u64(off::LOCK_WORD)
             .store(0, Relaxed);
         assert_eq!(q.attributes().unwrap().current_messages, sent);
+        hits += 1;
         break;
     }
     // A receive of a long message, the same way.
@@ -772,8 +774,10 @@ fn a_copy_outside_the_lock_keeps_the_deadline() {
         assert_eq!(q.attributes().unwrap().current_messages, 1);
         let (p, n) = q.recv_timeout(&mut buf, Duration::from_secs(2)).unwrap();
         assert_eq!((p, n), (7, BIG));
+        hits += 1;
         break;
     }
+    assert_eq!(hits, 2, "the forger never caught a copy in five tries");
     // Both slots are usable again.
     q.set_nonblocking(true).unwrap();
     q.send(1, b"one").unwrap();
