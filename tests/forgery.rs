@@ -589,6 +589,17 @@ fn lock_word_naming_a_live_member_is_waited_for_within_limits() {
         assert_eq!(info.lock, LockState::Busy { member: holder });
         assert!(matches!(i.peek(None), Err(shmq::Error::Os(e)) if e == nix::errno::Errno::EAGAIN));
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        let t = Instant::now();
+        let r = i.purge();
+        assert!(
+            matches!(r, Err(shmq::Error::Os(nix::errno::Errno::EAGAIN))),
+            "{r:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "purge took {:?}",
+            t.elapsed()
+        );
     };
 
     // 1. Another live process's number, any thread id.
