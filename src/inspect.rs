@@ -158,6 +158,9 @@ pub struct Message {
 /// How long an inspection waits for a busy lock before it reads without it.
 const LOOK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// How long [`Inspector::purge`] waits for a busy lock before it gives up.
+pub const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// An open queue, for looking inside.
 pub struct Inspector {
     q: Queue,
@@ -326,7 +329,9 @@ impl Inspector {
     /// many were dropped. Needs read permission on the queue, like receiving.
     ///
     /// # Errors
-    /// `EACCES` without read permission; [`Error::Corrupted`].
+    /// `EACCES` without read permission; `EAGAIN` when the lock stays held
+    /// for [`PURGE_WAIT`] (by a stopped process, or by a word that names a
+    /// live process which does not hold it); [`Error::Corrupted`].
     pub fn purge(&self) -> Result<u64> {
         let q = &self.q;
         if !engine::permitted_on(q, true, false) {
@@ -334,7 +339,15 @@ impl Inspector {
         }
         let r = q.region();
         let h = r.header();
-        let g = q.lock()?;
+        let deadline = crate::engine::realtime_after(PURGE_WAIT);
+        let w = Wait {
+            deadline: Some(&deadline),
+            ..Wait::FOREVER
+        };
+        let g = q.lock_with(&w).map_err(|e| match e {
+            Error::Os(Errno::ETIMEDOUT) => Error::Os(Errno::EAGAIN),
+            e => e,
+        })?;
         let mut n = 0;
         loop {
             match queue::front(r) {

@@ -519,7 +519,13 @@ pub fn unhold(r: &Region, idx: u32, owner: u32) -> QResult<()> {
 /// `f` returns false.
 pub fn for_each(r: &Region, mut f: impl FnMut(u32, u32, usize) -> bool) -> QResult<()> {
     let h = r.header();
-    let total = h.lock.curmsgs.load(Relaxed);
+    // The count is read from the file: a walk bounded by it alone would not
+    // end on a list that loops, so no more than the slots there are.
+    let total = h
+        .lock
+        .curmsgs
+        .load(Relaxed)
+        .min(u64::from(r.geometry().maxmsg));
     let mut seen = 0u64;
     for prio in (0..NPRIO).rev() {
         if h.bitmap_leaf[prio / 64].load(Relaxed) & (1 << (prio % 64)) == 0 {
@@ -845,6 +851,25 @@ mod tests {
         let rep = rebuild(r, &mut |_, _| false);
         assert_eq!(rep.queued, 1);
         assert_eq!(recv(r).unwrap(), (2, b"m".to_vec()));
+    }
+
+    #[test]
+    fn a_looping_list_ends_the_walk_whatever_the_count_says() {
+        let hr = region(4, 8);
+        let r = hr.region();
+        assert!(send(r, 2, b"a") && send(r, 2, b"b"));
+        // The head links to itself; the count is as large as it gets.
+        let tail = r.header().tails[2].load(Relaxed) - 1;
+        let head = r.slot(tail).unwrap().next.load(Relaxed);
+        r.slot(head).unwrap().next.store(head, Relaxed);
+        r.header().lock.curmsgs.store(u64::MAX, Relaxed);
+        let mut visits = 0;
+        let res = for_each(r, |_, _, _| {
+            visits += 1;
+            true
+        });
+        assert!(res.is_err());
+        assert!(visits <= 4, "{visits} visits of 4 slots");
     }
 
     #[test]

@@ -515,14 +515,20 @@ fn store_prio(prio: *mut c_uint, p: u32) {
     }
 }
 
+/// The longest slice Rust can describe. A longer length from C is cut to
+/// it: no message is that long, so the call goes as it would with the full
+/// length (a send fails with `EMSGSIZE`, a receive copies at most the
+/// queue's message size).
+const MAX_LEN: usize = isize::MAX as usize;
+
 /// # Safety
 /// `p` is valid for `len` reads (when non-null).
 unsafe fn bytes<'a>(p: *const c_char, len: size_t) -> Result<&'a [u8], Errno> {
     match (p.is_null(), len) {
         (_, 0) => Ok(&[]),
         (true, _) => Err(Errno::EFAULT),
-        // SAFETY: caller's contract.
-        (false, _) => Ok(unsafe { std::slice::from_raw_parts(p.cast(), len) }),
+        // SAFETY: caller's contract, for at most `len` bytes.
+        (false, _) => Ok(unsafe { std::slice::from_raw_parts(p.cast(), len.min(MAX_LEN)) }),
     }
 }
 
@@ -532,8 +538,8 @@ unsafe fn bytes_mut<'a>(p: *mut c_char, len: size_t) -> Result<&'a mut [u8], Err
     match (p.is_null(), len) {
         (_, 0) => Ok(&mut []),
         (true, _) => Err(Errno::EFAULT),
-        // SAFETY: caller's contract.
-        (false, _) => Ok(unsafe { std::slice::from_raw_parts_mut(p.cast(), len) }),
+        // SAFETY: caller's contract, for at most `len` bytes.
+        (false, _) => Ok(unsafe { std::slice::from_raw_parts_mut(p.cast(), len.min(MAX_LEN)) }),
     }
 }
 

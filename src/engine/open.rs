@@ -298,14 +298,11 @@ impl Handle {
     }
 }
 
-/// Whether the caller may use queue `q` for the given access, by its mode.
+/// Whether the caller may use queue `q` for the given access, by the
+/// file's mode bits (never the header's `mode`, which anyone who maps the
+/// file can rewrite).
 pub fn permitted_on(q: &Queue, read: bool, write: bool) -> bool {
-    permitted(
-        q.region().header().mode.load(Relaxed),
-        &q.file_info,
-        read,
-        write,
-    )
+    permitted(q.mode(), &q.file_info, read, write)
 }
 
 /// `mq_unlink`: removes the name now; open handles keep working and the

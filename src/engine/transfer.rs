@@ -142,7 +142,7 @@ impl Description {
         if msg.len() <= INLINE_MAX {
             r.write_payload(idx, msg);
         } else {
-            self.copy_outside(&mut g, idx, SLOT_WRITING, &mut attempts, || {
+            self.copy_outside(&mut g, idx, SLOT_WRITING, &mut attempts, deadline, || {
                 r.write_payload(idx, msg)
             })?;
         }
@@ -172,14 +172,23 @@ impl Description {
 
     /// Copies a payload into or out of slot `idx` without the lock: marks
     /// the slot in flight (`state`, this member and thread), runs `copy`
-    /// unlocked, and takes the lock back whatever it takes (the slot is
-    /// this caller's to finish), then takes the slot off the in-flight list.
+    /// unlocked, and takes the lock back (the slot is this caller's to
+    /// finish), then takes the slot off the in-flight list.
+    ///
+    /// The lock is waited for until the caller's deadline, and no longer:
+    /// a lock word that names a live member which does not hold it (written
+    /// by someone who bypasses the library) cannot be told from a slow
+    /// holder. If the deadline passes first, the slot is given up: its
+    /// thread is cleared, so the next caller that looks for dead copiers
+    /// rolls it back as it would a dead one's (a write dropped, a read put
+    /// back in its place), and the call fails with `ETIMEDOUT`.
     fn copy_outside(
         &self,
         g: &mut Guard<'_>,
         idx: u32,
         state: u32,
         attempts: &mut u32,
+        deadline: Option<&libc::timespec>,
         copy: impl FnOnce(),
     ) -> Result<()> {
         let q = &self.queue;
@@ -189,7 +198,16 @@ impl Description {
             q.repair(g, c, attempts)?;
             return Err(Error::Corrupted(c.0.into()));
         }
-        g.unlocked(&Wait::FOREVER, copy)?;
+        let retake = Wait {
+            deadline,
+            ..Wait::FOREVER
+        };
+        if let Err(e) = g.unlocked(&retake, copy) {
+            if let Some(s) = r.slot(idx) {
+                s.owner_tid.store(0, Release);
+            }
+            return Err(e);
+        }
         if let Err(c) = queue::end_inflight(r, idx, state, me) {
             // Someone rebuilt the lists meanwhile (the slot is still ours:
             // we live), or damaged them.
@@ -253,7 +271,7 @@ impl Description {
         if len <= INLINE_MAX {
             r.read_payload(idx, &mut buf[..len]);
         } else {
-            self.copy_outside(&mut g, idx, SLOT_READING, &mut attempts, || {
+            self.copy_outside(&mut g, idx, SLOT_READING, &mut attempts, deadline, || {
                 r.read_payload(idx, &mut buf[..len])
             })?;
         }

@@ -782,7 +782,8 @@ fn wake_sleeper(r: &Region) {
         if h.lock_futile.load(Relaxed) != 0 {
             h.lock_futile.store(0, Relaxed);
         }
-    } else if h.lock_futile.fetch_add(1, Relaxed) + 1 >= FUTILE_WAKES {
+    } else if h.lock_futile.fetch_add(1, Relaxed).wrapping_add(1) >= FUTILE_WAKES {
+        // (The count is read from the file: any value, the largest too.)
         h.lock_futile.store(0, Relaxed);
         h.lock.sleepers.store(0, Relaxed);
     }
