@@ -33,6 +33,11 @@ pub struct Ring {
 }
 
 const MAGIC: u32 = u32::from_le_bytes(*b"SHBL");
+/// The answer to a ring, once it was acted on.
+const ACK: [u8; 4] = *b"SHAK";
+/// How long a ringer waits for the answer: the owner of a doorbell that
+/// is stopped (or gone) delays a ringer by this much, no more.
+pub const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 const PREFIX: &[u8] = b"shmq-bell-";
 
 /// This process's doorbell: (incarnation, number, socket).
@@ -116,10 +121,23 @@ pub fn mine(handler: fn(Ring)) -> Result<u64, Errno> {
     }
     let fd = LiveFd::new(sock);
     let raw = fd.raw();
-    std::thread::Builder::new()
-        .name("shmq-bell".into())
-        .spawn(move || listen(raw, handler))
-        .map_err(|_| Errno::EAGAIN)?;
+    // The thread starts with every signal blocked (it inherits the mask of
+    // this one): a signal for the process must never land on it, not even
+    // before it could block signals itself.
+    // SAFETY: sigset_t is plain data, filled by sigfillset; the calling
+    // thread's mask is restored right after the spawn.
+    let spawned = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let spawned = std::thread::Builder::new()
+            .name("shmq-bell".into())
+            .spawn(move || listen(raw, handler));
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        spawned
+    };
+    spawned.map_err(|_| Errno::EAGAIN)?;
     *m = Some((inc, number, fd));
     Ok(number)
 }
@@ -153,8 +171,12 @@ fn listen(fd: RawFd, handler: fn(Ring)) {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
-        // SAFETY: msghdr is plain data; zero is valid.
+        // SAFETY: sockaddr_un and msghdr are plain data; zero is valid.
+        let mut from: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut from as *mut libc::sockaddr_un).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = cmsg.as_mut_ptr().cast();
@@ -183,6 +205,22 @@ fn listen(fd: RawFd, handler: fn(Ring)) {
             pid,
             uid,
         });
+        // Done: the ringer may go on (a signal raised by the handler is
+        // queued already). A ringer without an address gets nothing.
+        if msg.msg_namelen as usize > std::mem::size_of::<libc::sa_family_t>() {
+            // SAFETY: ACK and `from` (as the kernel filled it) are valid for
+            // the call.
+            unsafe {
+                libc::sendto(
+                    fd,
+                    ACK.as_ptr().cast(),
+                    ACK.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    (&from as *const libc::sockaddr_un).cast(),
+                    msg.msg_namelen,
+                )
+            };
+        }
     }
 }
 
@@ -203,10 +241,27 @@ fn credentials(msg: &libc::msghdr) -> Option<(i32, u32)> {
     None
 }
 
-/// Rings doorbell `number` with `kind` and `words`; never blocks. Whether
-/// anyone hears it is not the sender's business.
+/// Rings doorbell `number` with `kind` and `words`, and waits until its
+/// owner has acted on the ring, at most [`ANSWER_WAIT`]: a notification
+/// signal is then queued to the registered process before the sender's
+/// call returns, as the kernel does. Whether anyone hears it is not the
+/// sender's business.
 pub fn ring(number: u64, kind: u32, words: [u64; 3]) {
+    use std::os::fd::AsRawFd;
     let Ok(sock) = socket() else { return };
+    let fd = sock.as_raw_fd();
+    // An address of our own (the kernel picks one), for the answer.
+    // SAFETY: a sockaddr_un with only the family set, of that length:
+    // autobind.
+    let bound = unsafe {
+        let mut me: libc::sockaddr_un = std::mem::zeroed();
+        me.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        libc::bind(
+            fd,
+            (&me as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sa_family_t>() as libc::socklen_t,
+        ) == 0
+    };
     let mut buf = [0u8; 32];
     buf[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     buf[4..8].copy_from_slice(&kind.to_le_bytes());
@@ -214,11 +269,10 @@ pub fn ring(number: u64, kind: u32, words: [u64; 3]) {
         buf[8 + 8 * i..16 + 8 * i].copy_from_slice(&w.to_le_bytes());
     }
     let (a, len) = address(number);
-    use std::os::fd::AsRawFd;
     // SAFETY: buf and a are valid for the call.
-    unsafe {
+    let sent = unsafe {
         libc::sendto(
-            sock.as_raw_fd(),
+            fd,
             buf.as_ptr().cast(),
             buf.len(),
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
@@ -226,6 +280,38 @@ pub fn ring(number: u64, kind: u32, words: [u64; 3]) {
             len,
         )
     };
+    if sent != buf.len() as isize || !bound {
+        return;
+    }
+    let until = std::time::Instant::now() + ANSWER_WAIT;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, left.as_millis().max(1) as libc::c_int) };
+        if r < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        if r <= 0 {
+            return;
+        }
+        let mut ack = [0u8; 4];
+        // SAFETY: ack is valid for its length.
+        let n = unsafe { libc::recv(fd, ack.as_mut_ptr().cast(), ack.len(), libc::MSG_DONTWAIT) };
+        if n == 4 && ack == ACK {
+            return;
+        }
+        if n < 0 && Errno::last() != Errno::EINTR && Errno::last() != Errno::EAGAIN {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

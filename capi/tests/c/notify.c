@@ -222,6 +222,57 @@ static void test_signal_before_own_send_returns(void)
     mqt_unlink(name);
 }
 
+/* Another process's send has the registered process's signal queued when
+ * it returns, as with the kernel: the registrant, told by a pipe right
+ * after the send, finds its handler has run. */
+static void test_signal_before_other_send_returns(void)
+{
+    char name[MQT_NAME_LEN];
+    int signo = SIGRTMIN + 3;
+    mqd_t q = mqt_create(name, "other-send", O_RDWR | O_NONBLOCK, 4, 64);
+    int registered[2], sent[2];
+    pid_t pid;
+
+    CHECK_OK(pipe(registered));
+    CHECK_OK(pipe(sent));
+    pid = mqt_fork();
+    if (pid == 0) {
+        struct sigevent sev = sev_signal(signo, 99);
+        struct sigaction sa;
+        char c, buf[64];
+
+        memset(&sa, 0, sizeof sa);
+        sigemptyset(&sa.sa_mask);
+        sa.sa_sigaction = on_notify;
+        sa.sa_flags = SA_SIGINFO | SA_RESTART;
+        CHECK_OK(sigaction(signo, &sa, NULL));
+        for (int round = 0; round < 20; round++) {
+            h_count = 0;
+            CHECK_OK(mq_notify(q, &sev));
+            CHECK_EQ(write(registered[1], "r", 1), 1);
+            CHECK_EQ(read(sent[0], &c, 1), 1);
+            /* No wait: the signal was queued before the send returned. */
+            CHECK_EQ(h_count, 1);
+            CHECK_EQ(h_value, 99);
+            CHECK_EQ(mq_receive(q, buf, sizeof buf, NULL), 1);
+        }
+        mqt_child_exit();
+    }
+    for (int round = 0; round < 20; round++) {
+        char c;
+        CHECK_EQ(read(registered[0], &c, 1), 1);
+        CHECK_OK(mq_send(q, "x", 1, 0));
+        CHECK_EQ(write(sent[1], "s", 1), 1);
+    }
+    CHECK_EQ(mqt_wait_child(pid, 10000), 0);
+    close(registered[0]);
+    close(registered[1]);
+    close(sent[0]);
+    close(sent[1]);
+    CHECK_OK(mq_close(q));
+    mqt_unlink(name);
+}
+
 /* ---- who may register ---------------------------------------------------- */
 
 /* A registered process cannot register again, through any descriptor of
@@ -529,6 +580,7 @@ int main(void)
     MQT_RUN(test_signal_siginfo);
     MQT_RUN(test_signal_handler);
     MQT_RUN(test_signal_before_own_send_returns);
+    MQT_RUN(test_signal_before_other_send_returns);
     MQT_RUN(test_ebusy_same_process);
     MQT_RUN(test_ebusy_other_process);
     MQT_RUN(test_null_removes);
