@@ -133,6 +133,7 @@ impl Description {
         let r = q.region();
         let h = r.header();
         let wait = self.wait(deadline, cancel_poll);
+        let _resuming = cancel_poll.then(super::wait::Resuming::new);
         let mut g = q.lock_with(&wait)?;
         let mut attempts = 0;
         let idx = match queue::alloc(r) {
@@ -255,6 +256,7 @@ impl Description {
         let r = q.region();
         let h = r.header();
         let wait = self.wait(deadline, cancel_poll);
+        let _resuming = cancel_poll.then(super::wait::Resuming::new);
         let mut g = q.lock_with(&wait)?;
         let mut attempts = 0;
         let last = &q.tuning.last_prio;

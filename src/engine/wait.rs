@@ -184,6 +184,68 @@ thread_local! {
     /// This thread's last wait ended with `ERESTART` for a cancellation
     /// check, and the caller is expected to call again.
     static RESUMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The signal mask to restore, when signals were held back from the
+    /// end of such a wait until the next sleep (see [`Resuming`]).
+    static HELD: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+    /// The current call ends for a cancellation check.
+    static ENDS_FOR_CANCEL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A C caller (which wants `EINTR` and cuts its sleeps every 50 ms to act
+/// on a cancellation) sleeps with signals held back (see `sync::mutex`),
+/// looks for them at the end of every sleep, and keeps them held back
+/// across a return for a cancellation check and the call made again: a
+/// signal that arrives at any instant ends the call with `EINTR` within
+/// one sleep (50 ms), and its handler runs before the call returns. Every
+/// other way out of the call lets them through. Made at the start of each
+/// call with a cancellation check.
+pub(super) struct Resuming(());
+
+impl Resuming {
+    pub(super) fn new() -> Resuming {
+        ENDS_FOR_CANCEL.set(false);
+        Resuming(())
+    }
+
+    /// Holds signals back if they are not yet; if one that arrived runs a
+    /// handler that ends a call, lets it through and says so (the others
+    /// are let through too, then held back again).
+    fn interrupted() -> bool {
+        let mut h = match HELD.take() {
+            Some(old) => mutex::HeldBack::from_saved(old),
+            None => {
+                let mut h = mutex::HeldBack::NONE;
+                h.hold();
+                h
+            }
+        };
+        if h.pending() {
+            if h.release() {
+                return true;
+            }
+            h.hold();
+        }
+        HELD.set(h.into_saved());
+        false
+    }
+
+    /// Lets held-back signals through (their handlers run); whether one
+    /// of them ends a call.
+    fn release() -> bool {
+        match HELD.take() {
+            Some(old) => mutex::HeldBack::from_saved(old).release(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Resuming {
+    fn drop(&mut self) {
+        // A call that ends for another cancellation check keeps them held.
+        if !ENDS_FOR_CANCEL.replace(false) {
+            Self::release();
+        }
+    }
 }
 
 /// A caller's state while it waits for a side.
@@ -291,7 +353,22 @@ impl Queue {
         // If the lock cannot be retaken within the caller's limits, the
         // call ends without uncounting itself: the count errs high, which
         // costs a wake-up call, until `anyone_sleeps` recounts.
-        let res = g.unlocked(wait, || futex::wait(word, seq, until))?;
+        let hold = w.cancel_poll;
+        let res = g.unlocked(wait, || {
+            // A C caller sleeps with signals held back, and looks for them
+            // at every end of a sleep (at most CANCEL_POLL apart): a futex
+            // cannot unblock signals atomically with going to sleep, and a
+            // handler that ran just before or after the sleep would leave
+            // no trace.
+            if hold && Resuming::interrupted() {
+                return Err(WaitError::Interrupted);
+            }
+            let res = futex::wait(word, seq, until);
+            if hold && Resuming::interrupted() {
+                return Err(WaitError::Interrupted);
+            }
+            res
+        })?;
         count.sub(1);
         if res.is_ok() {
             // Woken (or the word moved first): by a peer on our CPU?
@@ -307,6 +384,7 @@ impl Queue {
             }
             Err(WaitError::TimedOut) if cancel.as_ref().is_some_and(reached) => {
                 RESUMED.set(true);
+                ENDS_FOR_CANCEL.set(true);
                 Err(Error::Os(Errno::ERESTART))
             }
             Err(WaitError::Interrupted) => Err(Error::Os(Errno::EINTR)),

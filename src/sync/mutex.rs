@@ -551,7 +551,7 @@ fn contended_inner(
 /// before the call returns. Synchronous signals (a fault) are never
 /// blocked, nor can `SIGKILL` and `SIGSTOP` be.
 #[derive(Debug)]
-struct HeldBack {
+pub(crate) struct HeldBack {
     /// The thread's mask before, when blocking (kernel `sigset_t`, 64
     /// signals on Linux).
     old: Option<u64>,
@@ -577,10 +577,22 @@ const SYNCHRONOUS: u64 = sigbit(libc::SIGSEGV)
     | sigbit(libc::SIGSYS);
 
 impl HeldBack {
-    const NONE: HeldBack = HeldBack { old: None };
+    pub(crate) const NONE: HeldBack = HeldBack { old: None };
+
+    /// Signals held back earlier, by a hold whose mask was kept with
+    /// [`into_saved`](Self::into_saved): released when this is.
+    pub(crate) fn from_saved(old: u64) -> HeldBack {
+        HeldBack { old: Some(old) }
+    }
+
+    /// Keeps the signals held back beyond this value: returns the mask to
+    /// restore later, if it holds any.
+    pub(crate) fn into_saved(mut self) -> Option<u64> {
+        self.old.take()
+    }
 
     /// Blocks (once) every signal that may be blocked and is not yet.
-    fn hold(&mut self) {
+    pub(crate) fn hold(&mut self) {
         if self.old.is_some() {
             return;
         }
@@ -604,7 +616,7 @@ impl HeldBack {
     }
 
     /// Whether a signal the caller had not blocked is pending.
-    fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         let Some(old) = self.old else { return false };
         let mut set: u64 = 0;
         // SAFETY: rt_sigpending writes one 8-byte kernel sigset.
@@ -615,7 +627,7 @@ impl HeldBack {
     /// Unblocks what [`hold`](Self::hold) blocked, which delivers whatever
     /// is pending; returns whether any of it runs a handler that ends a
     /// call (an ignored signal does not, nor one with `SA_RESTART`).
-    fn release(&mut self) -> bool {
+    pub(crate) fn release(&mut self) -> bool {
         let Some(old) = self.old.take() else {
             return false;
         };
