@@ -43,15 +43,7 @@ pub fn wait(
             libc::FUTEX_BITSET_MATCH_ANY,
         )
     };
-    if r == 0 {
-        return Ok(());
-    }
-    match std::io::Error::last_os_error().raw_os_error() {
-        Some(libc::ETIMEDOUT) => Err(WaitError::TimedOut),
-        Some(libc::EINTR) => Err(WaitError::Interrupted),
-        // EAGAIN: the word changed before we slept.
-        _ => Ok(()),
-    }
+    outcome(r)
 }
 
 /// Sleeps while `*word == expected`, for at most `limit` (relative,
@@ -76,12 +68,18 @@ pub fn wait_for(
             &ts as *const libc::timespec,
         )
     };
+    outcome(r)
+}
+
+/// What a futex wait's return value `r` (errno set when -1) means.
+fn outcome(r: libc::c_long) -> Result<(), WaitError> {
     if r == 0 {
         return Ok(());
     }
     match std::io::Error::last_os_error().raw_os_error() {
         Some(libc::ETIMEDOUT) => Err(WaitError::TimedOut),
         Some(libc::EINTR) => Err(WaitError::Interrupted),
+        // EAGAIN: the word changed before we slept.
         _ => Ok(()),
     }
 }

@@ -34,6 +34,18 @@ pub struct FileInfo {
     pub allocated: u64,
 }
 
+impl From<&libc::stat> for FileInfo {
+    fn from(st: &libc::stat) -> FileInfo {
+        FileInfo {
+            size: st.st_size as u64,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode,
+            allocated: (st.st_blocks as u64).saturating_mul(512),
+        }
+    }
+}
+
 /// `fstat(fd)`.
 pub fn fstat(fd: RawFd) -> Result<FileInfo, Errno> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
@@ -41,13 +53,7 @@ pub fn fstat(fd: RawFd) -> Result<FileInfo, Errno> {
     cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
     // SAFETY: fstat succeeded.
     let st = unsafe { st.assume_init() };
-    Ok(FileInfo {
-        size: st.st_size as u64,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mode: st.st_mode,
-        allocated: (st.st_blocks as u64).saturating_mul(512),
-    })
+    Ok(FileInfo::from(&st))
 }
 
 /// `(device, inode)` of an open file.
@@ -117,13 +123,7 @@ pub fn open_dir_at(
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: what `name` itself is.
 pub fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<FileInfo, Errno> {
     let st = nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
-    Ok(FileInfo {
-        size: st.st_size as u64,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mode: st.st_mode,
-        allocated: (st.st_blocks as u64).saturating_mul(512),
-    })
+    Ok(FileInfo::from(&st))
 }
 
 /// `readlinkat(dir, name)`.
