@@ -423,40 +423,25 @@ fn contended_inner(
         let lo = v as u32;
         let (owner, tid) = owner_of(v);
         let take = mine | keep | u64::from(lo & FUTEX_WAITERS);
-        if lo & FUTEX_OWNER_DIED != 0 {
+        let how = if lo & FUTEX_OWNER_DIED != 0 {
             // The kernel marked a thread that exited holding it.
-            if !wait.take_over {
-                return Err(LockError::OwnerDead);
-            }
-            match w.compare_exchange(v, take, Acquire, Relaxed) {
-                Ok(_) => return Ok(Acquired::OwnerDied),
-                Err(x) => {
-                    v = x;
-                    continue;
-                }
-            }
-        }
-        if owner == 0 && tid == 0 {
+            Some(Acquired::OwnerDied)
+        } else if owner == 0 && tid == 0 {
             // Free (perhaps with a stray waiters bit).
-            match w.compare_exchange(v, take, Acquire, Relaxed) {
-                Ok(_) => return Ok(Acquired::Clean),
-                Err(x) => {
-                    v = x;
-                    continue;
-                }
-            }
-        }
-        if v & !u64::from(FUTEX_WAITERS) == mine {
+            Some(Acquired::Clean)
+        } else if v & !u64::from(FUTEX_WAITERS) == mine {
             if again {
                 return Err(LockError::Deadlock);
             }
             // This thread does not hold it: the word was written by
             // someone else (damage). Take it over.
-            if !wait.take_over {
-                return Err(LockError::OwnerDead);
-            }
-            match w.compare_exchange(v, take, Acquire, Relaxed) {
-                Ok(_) => return Ok(Acquired::OwnerDied),
+            Some(Acquired::OwnerDied)
+        } else {
+            None
+        };
+        if let Some(how) = how {
+            match claim(w, v, take, how, wait) {
+                Ok(result) => return result,
                 Err(x) => {
                     v = x;
                     continue;
@@ -480,11 +465,8 @@ fn contended_inner(
         if due && waited >= OWNER_CHECK_AFTER.min(NONBLOCK_WAIT / 2) {
             checked = Some((Instant::now(), v));
             if !owner_alive(owner, tid) {
-                if !wait.take_over {
-                    return Err(LockError::OwnerDead);
-                }
-                match w.compare_exchange(v, take, Acquire, Relaxed) {
-                    Ok(_) => return Ok(Acquired::OwnerDied),
+                match claim(w, v, take, Acquired::OwnerDied, wait) {
+                    Ok(result) => return result,
                     Err(x) => {
                         v = x;
                         continue;
@@ -538,6 +520,25 @@ fn contended_inner(
         }
         v = w.load(Relaxed);
     }
+}
+
+/// Takes the lock from word value `v` (replacing it by `take`) as `how`:
+/// `Ok` with what the caller returns (an owner-died take-over is refused
+/// to a caller that does not take over), `Err` with the value found
+/// instead, to look at again.
+#[inline]
+fn claim(
+    w: &AtomicU64,
+    v: u64,
+    take: u64,
+    how: Acquired,
+    wait: &Wait<'_>,
+) -> Result<Result<Acquired, LockError>, u64> {
+    if how == Acquired::OwnerDied && !wait.take_over {
+        return Ok(Err(LockError::OwnerDead));
+    }
+    w.compare_exchange(v, take, Acquire, Relaxed)
+        .map(|_| Ok(how))
 }
 
 /// Signals held back from a thread while it waits for the lock and wants
