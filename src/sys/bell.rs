@@ -121,9 +121,9 @@ pub fn mine(handler: fn(Ring)) -> Result<u64, Errno> {
     }
     let fd = LiveFd::new(sock);
     let raw = fd.raw();
-    // The thread starts with every signal blocked (it inherits the mask of
-    // this one): a signal for the process must never land on it, not even
-    // before it could block signals itself.
+    // The thread starts with every signal blocked, and keeps them so (it
+    // inherits the mask of this one): a signal for the process must never
+    // land on it, from its first instant.
     // SAFETY: sigset_t is plain data, filled by sigfillset; the calling
     // thread's mask is restored right after the spawn.
     let spawned = unsafe {
@@ -156,14 +156,8 @@ pub fn own() -> Option<u64> {
 /// The helper thread: reads rings for ever (the socket lives as long as
 /// the process; a forked child does not have this thread).
 fn listen(fd: RawFd, handler: fn(Ring)) {
-    // Signals go to the process's other threads: a notification signal
-    // raised by this thread must not be handled here.
-    // SAFETY: a full set, applied to this thread only.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
-    }
+    // Every signal is blocked here since the thread started (see `mine`):
+    // signals go to the process's other threads.
     loop {
         let mut buf = [0u8; 64];
         let mut cmsg = [0u64; 8];
