@@ -4,12 +4,11 @@
 
 mod common;
 
-use common::{TestDir, child, child_dir, eventually, kill9, role, wait_ok};
+use common::{TestDir, append, child, child_dir, eventually, kill9, read_u32s, role, wait_ok};
 use shmq::OpenOptions;
 use shmq::inspect::{Health, Inspector};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -199,17 +198,6 @@ fn parse(buf: &[u8]) -> Option<(u32, u32)> {
     (buf[len - HDR..len] == buf[..HDR]).then_some((p, seq))
 }
 
-fn append(path: &Path, rec: &[u8]) {
-    // O_APPEND writes of a few bytes land whole, and survive a kill -9.
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
-    f.write_all(rec).unwrap();
-}
-
 fn producer(dir: &Path, id: u32) {
     let q = OpenOptions::writeonly().dir(dir).open("/copy").unwrap();
     let mut rng = id.wrapping_mul(2_654_435_761) | 1;
@@ -258,16 +246,6 @@ fn consumer(dir: &Path, id: u32) {
         rec[4..].copy_from_slice(&seq.to_le_bytes());
         append(&dir.join(format!("recv-{id}")), &rec);
     }
-}
-
-fn read_u32s(path: &Path) -> Vec<u32> {
-    std::fs::read(path)
-        .map(|b| {
-            b.chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

@@ -8,12 +8,11 @@
 
 mod common;
 
-use common::{TestDir, child, child_dir, eventually, kill9, role, wait_ok};
+use common::{TestDir, append, child, child_dir, eventually, kill9, read_u32s, role, wait_ok};
 use shmq::inspect::{Health, Inspector, LockState, QueueInfo};
 use shmq::{OpenOptions, PosixMq};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -1364,18 +1363,6 @@ const SOAK_PER_PRODUCER: u32 = 5000;
 const SOAK_CONSUMERS: usize = 3;
 const SOAK_KILLS: u32 = 200;
 
-fn append(path: &Path, rec: &[u8]) {
-    // A few bytes with O_APPEND land whole and survive a kill -9.
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap()
-        .write_all(rec)
-        .unwrap();
-}
-
 fn soak_producer(dir: &Path, id: u32) {
     let q = OpenOptions::writeonly().dir(dir).open("/soak").unwrap();
     for seq in 0..SOAK_PER_PRODUCER {
@@ -1411,16 +1398,6 @@ fn soak_consumer(dir: &Path, id: u32) {
             return;
         }
     }
-}
-
-fn read_u32s(path: &Path) -> Vec<u32> {
-    std::fs::read(path)
-        .map(|b| {
-            b.chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

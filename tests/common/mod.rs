@@ -146,3 +146,29 @@ pub fn kill9(child: &mut Child) {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// Appends `rec` to the file at `path`: a few bytes written with `O_APPEND`
+/// land whole and survive a `kill -9` (records of the crash tests).
+pub fn append(path: &Path, rec: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap()
+        .write_all(rec)
+        .unwrap();
+}
+
+/// The little-endian `u32`s of the file at `path` (none if it is missing).
+pub fn read_u32s(path: &Path) -> Vec<u32> {
+    std::fs::read(path)
+        .map(|b| {
+            b.chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
