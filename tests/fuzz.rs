@@ -14,7 +14,7 @@ mod common;
 mod hostile_support;
 
 use common::TestDir;
-use hostile_support::{Rng, crashed, off, stride};
+use hostile_support::{Rng, crashed, off, stride, timed};
 use proptest::prelude::*;
 use shmq::OpenOptions;
 use shmq::inspect::Inspector;
@@ -27,8 +27,6 @@ const CAPACITY: usize = 8;
 /// the lock is exercised too.
 const MSGSIZE: usize = 3000;
 const WATCHDOG: Duration = Duration::from_secs(20);
-/// A call may outlive its deadline by this much, no more.
-const MARGIN: Duration = Duration::from_secs(1);
 
 /// One change to the image.
 #[derive(Clone, Debug)]
@@ -229,17 +227,6 @@ fn fuzz_child() {
         return;
     }
     exercise(&common::child_dir());
-}
-
-fn timed<T>(what: &str, limit: Duration, f: impl FnOnce() -> T) -> T {
-    let t = Instant::now();
-    let v = f();
-    let took = t.elapsed();
-    if took > limit + MARGIN {
-        eprintln!("{what} took {took:?}, over its limit of {limit:?}");
-        std::process::exit(3);
-    }
-    v
 }
 
 fn exercise(dir: &Path) {

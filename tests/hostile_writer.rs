@@ -13,7 +13,7 @@ mod common;
 mod hostile_support;
 
 use common::TestDir;
-use hostile_support::{Raw, Rng, crashed, off, stride, wait_with_watchdog};
+use hostile_support::{Raw, Rng, crashed, off, stride, timed, wait_with_watchdog};
 use shmq::OpenOptions;
 use shmq::inspect::Inspector;
 use std::io::Read;
@@ -25,8 +25,6 @@ const CAPACITY: usize = 16;
 /// Above the 2 KiB copied under the lock: long messages are copied
 /// outside it.
 const MSGSIZE: usize = 4096;
-/// How long a call may outlive its deadline.
-const MARGIN: Duration = Duration::from_secs(1);
 /// The deadline of every timed call.
 const DEADLINE: Duration = Duration::from_millis(100);
 
@@ -64,19 +62,6 @@ fn intact(m: &[u8]) -> bool {
         let (body, c) = m.split_at(m.len() - 8);
         checksum(body).to_le_bytes() == c
     }
-}
-
-/// Runs `f`, and ends the process with a report (exit code 3, which the
-/// parent reads as a failure) if it took longer than `limit` + [`MARGIN`].
-fn timed<T>(what: &str, limit: Duration, f: impl FnOnce() -> T) -> T {
-    let t = Instant::now();
-    let v = f();
-    let took = t.elapsed();
-    if took > limit + MARGIN {
-        eprintln!("{what} took {took:?}, over its limit of {limit:?}");
-        std::process::exit(3);
-    }
-    v
 }
 
 /// CPU time used by this process so far.

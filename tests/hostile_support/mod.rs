@@ -235,3 +235,19 @@ pub fn wait_with_watchdog(
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// How long an honest call may outlive its deadline.
+pub const MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs `f`, and ends the process with a report (exit code 3, which the
+/// parent reads as a failure) if it took longer than `limit` + [`MARGIN`].
+pub fn timed<T>(what: &str, limit: std::time::Duration, f: impl FnOnce() -> T) -> T {
+    let t = std::time::Instant::now();
+    let v = f();
+    let took = t.elapsed();
+    if took > limit + MARGIN {
+        eprintln!("{what} took {took:?}, over its limit of {limit:?}");
+        std::process::exit(3);
+    }
+    v
+}
