@@ -43,6 +43,13 @@ const SPAN: u64 = 1 << 32;
 /// this many, and sleep in short naps).
 const PER_MEMBER: u64 = 1 << 20;
 
+/// Record locks naming each member's process (see [`Member::record`]):
+/// member `n` holds byte `RECORD + n × 2^32 + ns`, `ns` its pid namespace.
+const RECORD: u64 = 4 << 60;
+/// Members from this number on keep no record (their range would pass the
+/// largest file offset).
+const RECORDED: u32 = 1 << 28;
+
 /// How many numbers a new member tries before giving up.
 const DRAWS: u32 = 4096;
 
@@ -52,6 +59,8 @@ pub struct Member {
     fd: LiveFd,
     id: u32,
     incarnation: u64,
+    /// This process's pid namespace (see [`live::pid_namespace`]).
+    pid_ns: Option<u32>,
     sleeping: [SleepLock; 2],
 }
 
@@ -68,6 +77,18 @@ struct SleepLock {
     /// Thread id of the thread bringing `held` in line with `count`, 0:
     /// none.
     busy: AtomicU32,
+}
+
+/// Takes this process's record locks again when dropped (see
+/// [`Member::records_lost`]): a field after the descriptor of a queue file,
+/// or a local declared before one.
+#[derive(Debug, Default)]
+pub struct Relock;
+
+impl Drop for Relock {
+    fn drop(&mut self) {
+        Member::records_lost();
+    }
 }
 
 /// Which condition: receivers waiting for a message, senders for room.
@@ -132,10 +153,26 @@ impl Member {
             fd,
             id,
             incarnation: inc,
+            pid_ns: live::pid_namespace(),
             sleeping: Default::default(),
         });
+        m.record();
         reg.push((key, Arc::downgrade(&m)));
         Ok(m)
+    }
+
+    /// The process may have lost its record locks (it closed a descriptor
+    /// of a queue file): takes them again for every member of this
+    /// incarnation.
+    pub fn records_lost() {
+        let inc = live::incarnation();
+        let live: Vec<Arc<Member>> = {
+            let reg = REGISTRY.lock();
+            reg.iter().filter_map(|(_, w)| w.upgrade()).collect()
+        };
+        for m in live.iter().filter(|m| m.incarnation == inc) {
+            m.record();
+        }
     }
 
     /// This member's number.
@@ -160,9 +197,13 @@ impl Member {
     }
 
     /// Whether thread `tid` of member `id` may still be running: a thread of
-    /// this process is asked for directly; another member's threads live as
-    /// long as it does (a thread that dies alone is caught by the robust
-    /// futex protocol for the lock, and by its own process otherwise).
+    /// this process is asked for directly; another member's thread is gone
+    /// with its process, or when the kernel says the member's process,
+    /// which shares this one's pid namespace, has no such thread (a word or
+    /// slot naming a thread that never existed, see
+    /// [`record`](Self::record)). Otherwise it lives as long as its member does (a
+    /// thread that dies alone holding the lock is caught by the robust
+    /// futex protocol, and mid-copy by its own process).
     pub fn thread_alive(&self, id: u32, tid: u32) -> bool {
         if tid == 0 || id == 0 {
             return false;
@@ -170,7 +211,38 @@ impl Member {
         if id == self.id {
             return live::thread_alive(tid);
         }
-        self.alive(id)
+        self.alive(id) && !self.not_a_thread_of(id, tid)
+    }
+
+    /// Leaves a record lock that names this process, and its pid namespace,
+    /// to the other members: a word naming one of this member's threads
+    /// can then be checked against the kernel's threads of this process.
+    /// Taken at join, and again whenever the process may have lost it (a
+    /// record lock goes with *any* close of a descriptor of the file by the
+    /// process: see [`records_lost`](Self::records_lost)). Without one, other members cannot
+    /// tell this member's threads apart and wait for the member itself.
+    fn record(&self) {
+        if let Some(ns) = self.pid_ns {
+            if self.id < RECORDED {
+                let at = RECORD + (u64::from(self.id) << 32) + u64::from(ns);
+                let _ = live::record_lock(self.fd.raw(), at);
+            }
+        }
+    }
+
+    /// Whether member `id`'s record shows a process of this pid namespace
+    /// that has no thread `tid`. Unknown (no record, another namespace, a
+    /// holder the kernel does not show) is false.
+    fn not_a_thread_of(&self, id: u32, tid: u32) -> bool {
+        let Some(ns) = self.pid_ns else { return false };
+        if id >= RECORDED {
+            return false;
+        }
+        let base = RECORD + (u64::from(id) << 32);
+        match live::record_holder(self.fd.raw(), base, 1 << 32) {
+            Ok(Some((at, pid))) if at == base + u64::from(ns) => live::not_a_thread_of(pid, tid),
+            _ => false,
+        }
     }
 
     /// Counts a thread of this member as asleep on `c` (its byte is locked

@@ -27,7 +27,7 @@ use crate::layout::{
     Geometry, GeometryError, HeaderError, MapError, Mapping, NPRIO, Region, SLOT_READING,
     SLOT_WRITING, STATE_READY, VERSION,
 };
-use crate::member::{Cond, Member};
+use crate::member::{Cond, Member, Relock};
 use crate::queue::{self, Corrupt, Locked};
 use crate::sync::futex::{self, WaitError};
 use crate::sync::mutex::{self, Acquired, LockError, Wait};
@@ -119,6 +119,8 @@ pub struct Queue {
     /// Changed by waiters: kept off the line of the fields every operation
     /// reads, which threads sharing this handle read all the time.
     tuning: Tuning,
+    /// Closing `file` dropped this process's record locks on the file.
+    _relock: Relock,
 }
 
 /// Per-process adaptive state of a queue, on a cache line of its own.
@@ -148,6 +150,8 @@ pub struct Description {
 pub struct Handle {
     fd: OwnedFd,
     desc: Arc<Description>,
+    /// Closing `fd` dropped this process's record locks on the file.
+    _relock: Relock,
 }
 
 /// `mq_attr`, as numbers.

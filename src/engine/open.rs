@@ -133,6 +133,7 @@ impl Queue {
                 last_prio: AtomicU32::new(u32::MAX),
                 peer_on_my_cpu: AtomicBool::new(false),
             },
+            _relock: Relock,
         };
         q.member()?;
         Ok(q)
@@ -148,6 +149,10 @@ impl Queue {
 impl Handle {
     /// `mq_open`.
     pub fn open(req: &OpenRequest<'_>) -> Result<Handle> {
+        // Dropped last: descriptors closed on the way out (an error, or a
+        // second opening of a file this process uses) dropped its record
+        // locks on the file.
+        let _relock = Relock;
         let fname = crate::name::file_name(req.name)?;
         let dir = QueueDir::open(req.dir, req.create)?;
         let path = dir.path.join(fname);
@@ -256,6 +261,7 @@ impl Handle {
                 read,
                 write,
             }),
+            _relock: Relock,
         })
     }
 
@@ -275,6 +281,7 @@ impl Handle {
         Ok(Handle {
             fd: sys::dup_cloexec(self.fd.as_raw_fd())?,
             desc: self.desc.clone(),
+            _relock: Relock,
         })
     }
 
@@ -284,6 +291,7 @@ impl Handle {
         Handle {
             fd,
             desc: self.desc.clone(),
+            _relock: Relock,
         }
     }
 
@@ -328,6 +336,8 @@ pub fn open_for_inspection(name: &[u8], dir: Option<&Path>) -> Result<Queue> {
 
 /// [`open_for_inspection`] in a directory already open.
 pub(crate) fn open_for_inspection_in(dir: &QueueDir, name: &[u8]) -> Result<Queue> {
+    // Dropped last, after `file` (see `Handle::open`).
+    let _relock = Relock;
     let fname = crate::name::file_name(name)?;
     let file = sys::open_existing(dir.fd(), fname).map_err(|e| match e {
         Errno::ELOOP | Errno::ENXIO | Errno::EISDIR => {

@@ -417,6 +417,61 @@ pub fn conflict(fd: RawFd, start: u64, len: u64) -> Result<Option<(u64, u64)>, E
     Ok((f.l_type as i32 != libc::F_UNLCK).then_some((f.l_start as u64, f.l_len as u64)))
 }
 
+/// Takes a classic record lock (owned by the process, not the
+/// description) for writing on byte `at` through `fd`, without waiting.
+/// Unlike the description locks above, such a lock names its process to
+/// whoever asks ([`record_holder`]); it goes when the process closes any
+/// descriptor of the file, exits or execs.
+pub fn record_lock(fd: RawFd, at: u64) -> Result<bool, Errno> {
+    let f = flock(libc::F_WRLCK, at, 1);
+    // SAFETY: f is a valid flock the kernel only reads.
+    if unsafe { libc::fcntl(fd, libc::F_SETLK, &f) } == 0 {
+        return Ok(true);
+    }
+    match Errno::last() {
+        Errno::EAGAIN | Errno::EACCES => Ok(false),
+        e => Err(e),
+    }
+}
+
+/// The first record lock of another process that overlaps `start ..
+/// start + len`, as `(start, pid)`: the pid as the caller's pid namespace
+/// numbers it, 0 when the holder is not visible there and -1 for a
+/// description's lock. `None` when there is none; `Err` when the kernel
+/// cannot say.
+pub fn record_holder(fd: RawFd, start: u64, len: u64) -> Result<Option<(u64, i32)>, Errno> {
+    let mut f = flock(libc::F_WRLCK, start, len);
+    // SAFETY: f is valid storage for the kernel's answer.
+    if unsafe { libc::fcntl(fd, libc::F_GETLK, &mut f) } != 0 {
+        return Err(Errno::last());
+    }
+    Ok((f.l_type as i32 != libc::F_UNLCK).then_some((f.l_start as u64, f.l_pid)))
+}
+
+/// This process's pid namespace, as the inode number of
+/// `/proc/self/ns/pid` (the namespace its pids and thread ids are numbers
+/// of); `None` when that cannot be read (no `/proc`).
+pub fn pid_namespace() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata("/proc/self/ns/pid").ok()?.ino();
+    u32::try_from(ino).ok().filter(|&i| i != 0)
+}
+
+/// Whether thread `tid` is certainly not a thread of process `pid` (both
+/// numbered in the caller's pid namespace): only the kernel's "no such
+/// thread" (`tgkill` with no signal) says so.
+pub fn not_a_thread_of(pid: i32, tid: u32) -> bool {
+    let Ok(tid) = i32::try_from(tid) else {
+        return false;
+    };
+    if pid <= 0 || tid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 checks existence and permission only.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
+    r == -1 && Errno::last() == Errno::ESRCH
+}
+
 thread_local! {
     /// (incarnation, tid) of the calling thread.
     static TID: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
