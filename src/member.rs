@@ -166,10 +166,21 @@ impl Member {
     /// incarnation.
     pub fn records_lost() {
         let inc = live::incarnation();
-        let live: Vec<Arc<Member>> = {
-            let reg = REGISTRY.lock();
-            reg.iter().filter_map(|(_, w)| w.upgrade()).collect()
-        };
+        // Not `lock`: a close in a signal handler that interrupted a join
+        // must not wait for it. A join in another thread is waited for
+        // briefly; past that, the records stay lost (the check they serve
+        // then waits for the member, as without them).
+        let mut reg = None;
+        for _ in 0..1000 {
+            reg = REGISTRY.try_lock();
+            if reg.is_some() {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        let Some(reg) = reg else { return };
+        let live: Vec<Arc<Member>> = reg.iter().filter_map(|(_, w)| w.upgrade()).collect();
+        drop(reg);
         for m in live.iter().filter(|m| m.incarnation == inc) {
             m.record();
         }
