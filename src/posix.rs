@@ -662,7 +662,14 @@ pub struct Pending<'q> {
     held: Option<engine::Held>,
 }
 
-impl Pending<'_> {
+impl<'q> Pending<'q> {
+    pub(crate) fn new(desc: &'q engine::Description, held: engine::Held) -> Pending<'q> {
+        Pending {
+            desc,
+            held: Some(held),
+        }
+    }
+
     /// The message's priority.
     pub fn priority(&self) -> u32 {
         self.held.as_ref().map_or(0, |h| h.prio)

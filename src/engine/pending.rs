@@ -22,6 +22,9 @@ pub struct Held {
     idx: u32,
     seq: u64,
     member: u32,
+    /// The queue file's `(device, inode)`: a hold is ended on its own
+    /// queue only.
+    queue: (u64, u64),
     /// Priority of the message.
     pub prio: u32,
     /// Length of the message.
@@ -88,6 +91,7 @@ impl Description {
             idx,
             seq,
             member: me,
+            queue: q.key,
             prio,
             len,
         })
@@ -100,6 +104,7 @@ impl Description {
         let r = q.region();
         let me = q.member()?.id();
         let ours = me == held.member
+            && held.queue == q.key
             && r.slot(held.idx).is_some_and(|s| {
                 s.state.load(Relaxed) == SLOT_PENDING && s.seq.load(Relaxed) == held.seq
             });
@@ -164,7 +169,8 @@ impl Description {
 
 /// The error for an acknowledgement of a message this process does not
 /// hold (any more): it was returned by a repair that found the file
-/// damaged, or the call comes from a forked child, which holds nothing.
+/// damaged, the call comes from a forked child, which holds nothing, or
+/// it names another queue.
 fn not_held() -> Error {
     Error::Corrupted("the message is not held by this process".into())
 }
