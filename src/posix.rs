@@ -606,6 +606,7 @@ impl PosixMq {
     ///
     /// # Errors
     /// As [`recv`](PosixMq::recv).
+    #[inline]
     pub fn recv_pending(&self, msgbuf: &mut [u8]) -> Result<Pending<'_>, io::Error> {
         self.pending_until(msgbuf, None)
     }
@@ -638,6 +639,7 @@ impl PosixMq {
         self.pending_until(msgbuf, Some(&d))
     }
 
+    #[inline]
     fn pending_until(
         &self,
         msgbuf: &mut [u8],
@@ -689,6 +691,7 @@ impl<'q> Pending<'q> {
     /// `EBADMSG`) if this process does not hold the message any more (the
     /// queue file was damaged and repaired meanwhile, or the call comes
     /// from a forked child, which holds nothing), or the queue was damaged.
+    #[inline]
     pub fn ack(mut self) -> Result<(), io::Error> {
         match self.held.take() {
             Some(h) => Ok(self.desc.ack(h)?),

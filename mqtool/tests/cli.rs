@@ -989,6 +989,7 @@ fn bench_quick_prints_the_table() {
         "mpsc4-10",
         "pair-100000-queued",
         "pair-32768-priorities",
+        "pair-ack",
     ];
     let want: Vec<_> = all
         .into_iter()

@@ -36,6 +36,7 @@ impl Description {
     /// [`receive_with`](Description::receive_with) and returns the hold,
     /// which [`ack`](Description::ack) or [`nack`](Description::nack) must
     /// end (or this process's exit, which returns the message).
+    #[inline]
     pub fn receive_pending_with(
         &self,
         buf: &mut [u8],
@@ -99,6 +100,7 @@ impl Description {
 
     /// Checks, under the lock, that `held` is still this member's pending
     /// message, and ends the hold.
+    #[inline]
     fn unhold(&self, held: &Held) -> Result<()> {
         let q = &self.queue;
         let r = q.region();
@@ -116,6 +118,7 @@ impl Description {
 
     /// Acknowledges a pending message: it leaves the queue, and its slot is
     /// free for a sender.
+    #[inline]
     pub fn ack(&self, held: Held) -> Result<()> {
         let q = &self.queue;
         let r = q.region();
