@@ -589,7 +589,7 @@ impl PosixMq {
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("shmq-doc-pending-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir).unwrap();
-    /// let mq = shmq::OpenOptions::readwrite().max_msg_len(64).create_new()
+    /// let mq = shmq::OpenOptions::readwrite().capacity(4).max_msg_len(64).create_new()
     /// #   .dir(&dir)
     ///     .open("/work")?;
     /// mq.send(1, b"job")?;
