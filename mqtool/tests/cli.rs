@@ -1613,3 +1613,41 @@ fn info_peek_and_watch_show_pending_messages_and_their_holder() {
     );
     assert_eq!(env.ok(&["recv", "/held", "--all"]), "two\nthree\n");
 }
+
+#[test]
+fn recv_stopped_mid_output_keeps_the_rest_queued_in_order() {
+    let env = Env::new("ackpart");
+    let want = numbered_queue(&env, 100);
+    // A file size limit of 512 bytes (`ulimit -f 1`), SIGXFSZ ignored:
+    // the writes fail with EFBIG part way through the queue.
+    let out = env.dir.join(".out");
+    let r = Run::from(
+        Command::new("sh")
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 1; exec \"$0\" recv /acked --all > \"$OUT\"")
+            .arg(BIN)
+            .env("SHMQ_DIR", &env.dir)
+            .env("OUT", &out)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.starts_with("mqtool: standard output: ") && r.stderr.contains("(EFBIG)"),
+        "{r:?}"
+    );
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(written.len(), 512);
+    let mut lines: Vec<&str> = written.split('\n').collect();
+    // The message cut by the limit, if any, is delivered again.
+    let cut = lines.pop().unwrap();
+    let k = lines.len();
+    assert!(k > 0 && k < want.len());
+    assert_eq!(
+        lines,
+        want[..k].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(want[k].starts_with(cut), "{cut:?} / {:?}", want[k]);
+    assert_all_queued(&env, &want[k..], "after EFBIG");
+}
