@@ -334,3 +334,106 @@ fn a_forked_child_cannot_end_its_parent_s_hold() {
     p.ack().unwrap();
     assert!(drain(&q).is_empty());
 }
+
+/// The model: per priority, queued messages as `(send order, bytes)`.
+type Model = std::collections::BTreeMap<u32, std::collections::VecDeque<(u32, Vec<u8>)>>;
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Through the API: sends, plain and pending receives on several
+    /// descriptors of the queue (opened along the way), acks, nacks and
+    /// drops, against the model.
+    #[test]
+    fn the_api_matches_the_model(ops in proptest::collection::vec((0u8..9, 0u32..4, 0usize..8), 1..80)) {
+        let d = TestDir::new("pend-model");
+        let handles: [std::cell::OnceCell<PosixMq>; 4] = Default::default();
+        let open = |k: usize| -> &PosixMq {
+            handles[k].get_or_init(|| {
+                let q = OpenOptions::readwrite()
+                    .capacity(4)
+                    .max_msg_len(16)
+                    .create()
+                    .dir(d.path())
+                    .open("/model")
+                    .unwrap();
+                q.set_nonblocking(true).unwrap();
+                q
+            })
+        };
+        let mut opened = 1;
+        open(0);
+        let mut model = Model::new();
+        // (send order, prio, bytes, the hold)
+        let mut pending: Vec<(u32, u32, Vec<u8>, shmq::Pending<'_>)> = Vec::new();
+        let mut n = 0u32;
+        for (op, prio, pick) in ops {
+            let q = open(pick % opened);
+            let queued: usize = model.values().map(|v| v.len()).sum();
+            let mut buf = [0u8; 16];
+            match op {
+                0 | 1 => {
+                    n += 1;
+                    let msg = [&n.to_le_bytes()[..], &[0xab; 3][..pick % 4]].concat();
+                    let r = q.send(prio, &msg);
+                    proptest::prop_assert_eq!(r.is_ok(), queued + pending.len() < 4, "{:?}", r);
+                    if r.is_ok() {
+                        model.entry(prio).or_default().push_back((n, msg));
+                    }
+                }
+                2 | 3 => {
+                    let want = model.iter_mut().next_back().map(|(p, v)| (*p, v.pop_front().unwrap()));
+                    model.retain(|_, v| !v.is_empty());
+                    if op == 2 {
+                        let got = q.recv(&mut buf).ok().map(|(p, l)| (p, buf[..l].to_vec()));
+                        proptest::prop_assert_eq!(got, want.map(|(p, (_, m))| (p, m)));
+                    } else {
+                        match (q.recv_pending(&mut buf), want) {
+                            (Ok(h), Some((p, (wn, wm)))) => {
+                                proptest::prop_assert_eq!((h.priority(), &buf[..h.len()]), (p, &wm[..]));
+                                pending.push((wn, p, wm, h));
+                            }
+                            (Err(e), None) => proptest::prop_assert_eq!(e.kind(), ErrorKind::WouldBlock),
+                            (got, want) => proptest::prop_assert!(false, "{:?} / {:?}", got, want),
+                        }
+                    }
+                }
+                4..=6 if !pending.is_empty() => {
+                    let (wn, p, wm, h) = pending.remove(pick % pending.len());
+                    match op {
+                        4 => h.ack().unwrap(),
+                        5 => h.nack().unwrap(),
+                        _ => drop(h),
+                    }
+                    if op != 4 {
+                        let v = model.entry(p).or_default();
+                        let at = v.iter().position(|(m, _)| *m > wn).unwrap_or(v.len());
+                        v.insert(at, (wn, wm));
+                    }
+                }
+                7 if opened < handles.len() => {
+                    open(opened);
+                    opened += 1;
+                }
+                _ => {}
+            }
+            let queued: usize = model.values().map(|v| v.len()).sum();
+            proptest::prop_assert_eq!(open(0).attributes().unwrap().current_messages, queued);
+            let info = Inspector::open("/model", Some(d.path())).unwrap().info().unwrap();
+            proptest::prop_assert_eq!(info.pending as usize, pending.len());
+        }
+        // The holds left are returned (dropped); then everything comes out
+        // in the model's order.
+        for (wn, p, wm, h) in pending.drain(..) {
+            drop(h);
+            let v = model.entry(p).or_default();
+            let at = v.iter().position(|(m, _)| *m > wn).unwrap_or(v.len());
+            v.insert(at, (wn, wm));
+        }
+        let want: Vec<(u32, Vec<u8>)> = model
+            .into_iter()
+            .rev()
+            .flat_map(|(p, v)| v.into_iter().map(move |(_, m)| (p, m)))
+            .collect();
+        proptest::prop_assert_eq!(drain(open(0)), want);
+    }
+}
