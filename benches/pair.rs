@@ -22,6 +22,19 @@ fn shmq_pair(iters: u64, mq: &shmq::PosixMq) -> Duration {
     t.elapsed()
 }
 
+/// The pair with acknowledgement: send, pending receive, ack.
+fn shmq_ack_pair(iters: u64, mq: &shmq::PosixMq) -> Duration {
+    let mut buf = [0u8; 64];
+    let t = Instant::now();
+    for _ in 0..iters {
+        mq.send(1, black_box(&MSG)).unwrap();
+        let p = mq.recv_pending(&mut buf).unwrap();
+        black_box(&buf);
+        p.ack().unwrap();
+    }
+    t.elapsed()
+}
+
 fn kernel_pair(iters: u64, mqd: libc::mqd_t) -> Duration {
     let mut buf = [0u8; 64];
     let mut prio = 0;
@@ -97,15 +110,21 @@ fn main() {
     // Warm up both.
     shmq_pair(shmq_iters / 10, &mq);
     kernel_pair(kernel_iters / 10, mqd);
-    let (mut s, mut k, mut f) = (Vec::new(), Vec::new(), Vec::new());
+    shmq_ack_pair(shmq_iters / 10, &mq);
+    let (mut s, mut k, mut f, mut a) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
         s.push(shmq_pair(shmq_iters, &mq).as_nanos() as f64 / shmq_iters as f64);
+        a.push(shmq_ack_pair(shmq_iters, &mq).as_nanos() as f64 / shmq_iters as f64);
         k.push(kernel_pair(kernel_iters, mqd).as_nanos() as f64 / kernel_iters as f64);
         f.push(lock_floor(shmq_iters).as_nanos() as f64 / shmq_iters as f64);
     }
-    let (s, k, f) = (median(s), median(k), median(f));
+    let (s, k, f, a) = (median(s), median(k), median(f), median(a));
     println!("uncontended send+receive pair, 64 B, median of {reps}:");
     println!("  shmq        {s:>9.1} ns");
+    println!(
+        "  shmq + ack  {a:>9.1} ns   (send, pending receive, ack: {:.2}x the plain pair)",
+        a / s
+    );
     println!("  kernel mq   {k:>9.1} ns");
     println!("  ratio       {:>9.1}x faster", k / s);
     println!(

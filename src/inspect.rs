@@ -44,6 +44,29 @@ pub struct NotifyOwner {
     pub signo: i32,
 }
 
+/// A process holding pending messages (received, not acknowledged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingHolder {
+    /// Its member number (the number the lock holder is shown by, too).
+    pub member: u32,
+    /// Messages it holds.
+    pub messages: u64,
+    /// False once it died: the next receiver that looks (within 10 ms
+    /// when one is waiting) returns its messages to the queue.
+    pub alive: bool,
+}
+
+/// A pending message, as [`Inspector::peek_pending`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingMessage {
+    /// Priority.
+    pub priority: u32,
+    /// Payload.
+    pub data: Vec<u8>,
+    /// Member number of the holder.
+    pub member: u32,
+}
+
 /// What the queue has been through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
@@ -112,8 +135,13 @@ pub struct QueueInfo {
     pub max_msg_len: u64,
     /// Messages queued now (`mq_curmsgs`).
     pub current_messages: u64,
-    /// Messages received but not acknowledged yet.
+    /// Messages received but not acknowledged yet (see
+    /// [`PosixMq::recv_pending`](crate::PosixMq::recv_pending)): not
+    /// counted in `current_messages`, not receivable, but filling their
+    /// slots.
     pub pending: u64,
+    /// Who holds the pending messages, most messages first.
+    pub pending_holders: Vec<PendingHolder>,
     /// Permission bits of the queue.
     pub mode: u32,
     /// Owner of the queue file.
@@ -267,6 +295,7 @@ impl Inspector {
             max_msg_len: q.geometry().msgsize as u64,
             current_messages: h.lock.curmsgs.load(Relaxed),
             pending: u64::from(h.lock.npending.load(Relaxed)),
+            pending_holders: holders(r, m),
             mode: q.mode(),
             uid: q.file_info().uid,
             gid: q.file_info().gid,
@@ -320,6 +349,38 @@ impl Inspector {
             })
             .map_err(|c| Error::Corrupted(c.0.into()))?;
         }
+        drop(g);
+        q.check_poison()?;
+        Ok(out)
+    }
+
+    /// The pending messages (received, not acknowledged), at most `limit`
+    /// of them, in slot order, with their holders; nothing is changed.
+    ///
+    /// # Errors
+    /// As [`peek`](Inspector::peek).
+    pub fn peek_pending(&self, limit: Option<usize>) -> Result<Vec<PendingMessage>> {
+        let q = &self.q;
+        let r = q.region();
+        let limit = limit.unwrap_or(usize::MAX);
+        let g = self.look().map_err(|e| match e {
+            LockError::OwnerDead => Error::Os(Errno::EOWNERDEAD),
+            _ => Error::Os(Errno::EAGAIN),
+        })?;
+        let mut out = Vec::new();
+        for_each_pending(r, |idx, member, prio, len| {
+            if out.len() >= limit {
+                return false;
+            }
+            let mut data = vec![0; len];
+            r.read_payload(idx, &mut data);
+            out.push(PendingMessage {
+                priority: prio,
+                data,
+                member,
+            });
+            true
+        });
         drop(g);
         q.check_poison()?;
         Ok(out)
@@ -442,4 +503,43 @@ pub fn queue_dir(dir: Option<&Path>) -> Result<PathBuf> {
 /// This library's layout version, `(major, minor)`.
 pub fn layout_version() -> (u32, u32) {
     (VERSION >> 16, VERSION & 0xffff)
+}
+
+/// Visits the pending slots, `(slot, holder, prio, len)`, until `f`
+/// returns false; every field read is bounded.
+fn for_each_pending(r: &crate::layout::Region, mut f: impl FnMut(u32, u32, u32, usize) -> bool) {
+    let g = r.geometry();
+    for i in 0..g.maxmsg {
+        let Some(s) = r.slot(i) else { break };
+        if s.state.load(Relaxed) != crate::layout::SLOT_PENDING {
+            continue;
+        }
+        let prio = s.prio.load(Relaxed);
+        let len = s.len.load(Relaxed).min(g.msgsize as u64) as usize;
+        if !f(i, s.owner.load(Relaxed), prio, len) {
+            return;
+        }
+    }
+}
+
+/// The holders of pending messages, most messages first.
+fn holders(r: &crate::layout::Region, m: &crate::member::Member) -> Vec<PendingHolder> {
+    let mut counts: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    if r.header().lock.npending.load(Relaxed) != 0 {
+        for_each_pending(r, |_, member, _, _| {
+            *counts.entry(member).or_default() += 1;
+            // Bounded: a file that names many holders is damaged.
+            counts.len() < 1024
+        });
+    }
+    let mut out: Vec<_> = counts
+        .into_iter()
+        .map(|(member, messages)| PendingHolder {
+            member,
+            messages,
+            alive: m.alive(member),
+        })
+        .collect();
+    out.sort_by_key(|h| std::cmp::Reverse(h.messages));
+    out
 }

@@ -50,8 +50,8 @@ mod sys;
 
 pub use error::{DirProblem, Error, Result, errno_name};
 pub use posix::{
-    Attributes, IntoIter, Iter, Notify, OpenOptions, PosixMq, remove_queue, remove_queue_c,
-    remove_queue_in,
+    Attributes, IntoIter, Iter, Notify, OpenOptions, Pending, PosixMq, remove_queue,
+    remove_queue_c, remove_queue_in,
 };
 
 /// The README's examples, compiled and run as doctests.

@@ -292,6 +292,81 @@ pub fn __mq_receive_cancellable(
     Ok(len)
 }
 
+/// `mq_receive` with acknowledgement: as [`mq_receive`], but the message
+/// stays pending until the returned [`Pending`](crate::Pending) is
+/// acknowledged, or goes back to the queue when it is returned or dropped
+/// or this process ends (see [`PosixMq::recv_pending`](crate::PosixMq::recv_pending)).
+/// The message is in `message[..pending.len()]`.
+///
+/// # Errors
+/// As [`mq_receive`].
+pub fn mq_receive_pending<'a>(
+    mqdes: &'a MqdT,
+    message: &mut [u8],
+    msg_prio: &mut u32,
+) -> Result<crate::Pending<'a>> {
+    let desc = mqdes.0.desc();
+    let held = errno(desc.receive_pending_with(message, None, false))?;
+    *msg_prio = held.prio;
+    Ok(crate::Pending::new(desc, held))
+}
+
+/// [`mq_receive_pending`], failing with `ETIMEDOUT` if no message arrives
+/// by `abstime` (`CLOCK_REALTIME`).
+///
+/// # Errors
+/// As [`mq_timedreceive`].
+pub fn mq_timedreceive_pending<'a>(
+    mqdes: &'a MqdT,
+    message: &mut [u8],
+    msg_prio: &mut u32,
+    abstime: &TimeSpec,
+) -> Result<crate::Pending<'a>> {
+    let desc = mqdes.0.desc();
+    let held = errno(desc.receive_pending_with(message, Some(abstime.as_ref()), false))?;
+    *msg_prio = held.prio;
+    Ok(crate::Pending::new(desc, held))
+}
+
+/// A pending message for the C API, which keeps it with its descriptor.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct __PendingToken(crate::engine::Held);
+
+/// [`mq_timedreceive_pending`] (or the blocking one without `abstime`) for
+/// the C API, cancellable as [`__mq_receive_cancellable`]; returns the
+/// length and the hold, which [`__mq_settle`] ends.
+///
+/// # Errors
+/// As [`mq_timedreceive`], plus `ERESTART`.
+#[doc(hidden)]
+pub fn __mq_receive_pending_cancellable(
+    mqdes: &MqdT,
+    message: &mut [u8],
+    msg_prio: &mut u32,
+    abstime: Option<&TimeSpec>,
+) -> Result<(usize, __PendingToken)> {
+    let held = errno(mqdes.0.desc().receive_pending_with(
+        message,
+        abstime.map(AsRef::as_ref),
+        true,
+    ))?;
+    *msg_prio = held.prio;
+    Ok((held.len, __PendingToken(held)))
+}
+
+/// Acknowledges (`ack`) or returns a message held by `t`, received from
+/// `mqdes`'s queue.
+///
+/// # Errors
+/// `EBADMSG` if this process does not hold it (another queue's, a forked
+/// child's, or returned by a repair of a damaged queue).
+#[doc(hidden)]
+pub fn __mq_settle(mqdes: &MqdT, t: __PendingToken, ack: bool) -> Result<()> {
+    let desc = mqdes.0.desc();
+    errno(if ack { desc.ack(t.0) } else { desc.nack(t.0) })
+}
+
 fn to_mq_attr(a: crate::engine::Attr) -> MqAttr {
     MqAttr::new(
         a.flags as mq_attr_member_t,

@@ -569,6 +569,169 @@ impl PosixMq {
     }
 }
 
+impl PosixMq {
+    /// Receive with acknowledgement: takes the oldest message with the
+    /// highest priority into `msgbuf` like [`recv`](PosixMq::recv), waiting
+    /// for one unless non-blocking, but leaves it *pending*: invisible to
+    /// other receivers and still filling its slot until the returned
+    /// [`Pending`] is acknowledged ([`Pending::ack`]: the message leaves
+    /// the queue) or returned ([`Pending::nack`], or dropping it: the
+    /// message goes back ahead of every message of its priority sent after
+    /// it, and is delivered again). If this process ends (killed, `exec`,
+    /// any way) while it holds pending messages, they go back to the queue
+    /// as if returned.
+    ///
+    /// A process may hold many pending messages at once, from any of its
+    /// threads. [`attributes`](PosixMq::attributes)' `current_messages`
+    /// counts only receivable messages; a send finds the queue full while
+    /// pending messages fill it.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-doc-pending-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// let mq = shmq::OpenOptions::readwrite().capacity(4).max_msg_len(64).create_new()
+    /// #   .dir(&dir)
+    ///     .open("/work")?;
+    /// mq.send(1, b"job")?;
+    /// let mut buf = [0; 64];
+    /// let p = mq.recv_pending(&mut buf)?;
+    /// assert_eq!(&buf[..p.len()], b"job");
+    /// drop(p); // not acknowledged: back in the queue
+    /// let p = mq.recv_pending(&mut buf)?;
+    /// p.ack()?; // gone for good
+    /// assert_eq!(mq.attributes()?.current_messages, 0);
+    /// # shmq::remove_queue_in(&dir, "/work")?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`recv`](PosixMq::recv).
+    #[inline]
+    pub fn recv_pending(&self, msgbuf: &mut [u8]) -> Result<Pending<'_>, io::Error> {
+        self.pending_until(msgbuf, None)
+    }
+
+    /// [`recv_pending`](PosixMq::recv_pending), giving up with `TimedOut`
+    /// after `timeout`.
+    ///
+    /// # Errors
+    /// As [`recv_timeout`](PosixMq::recv_timeout).
+    pub fn recv_pending_timeout(
+        &self,
+        msgbuf: &mut [u8],
+        timeout: Duration,
+    ) -> Result<Pending<'_>, io::Error> {
+        let d = timeout_to_realtime(timeout)?;
+        self.pending_until(msgbuf, Some(&d))
+    }
+
+    /// [`recv_pending`](PosixMq::recv_pending), giving up with `TimedOut`
+    /// at `deadline`.
+    ///
+    /// # Errors
+    /// As [`recv_deadline`](PosixMq::recv_deadline).
+    pub fn recv_pending_deadline(
+        &self,
+        msgbuf: &mut [u8],
+        deadline: SystemTime,
+    ) -> Result<Pending<'_>, io::Error> {
+        let d = deadline_to_realtime(deadline).map_err(|_| bad_deadline())?;
+        self.pending_until(msgbuf, Some(&d))
+    }
+
+    #[inline]
+    fn pending_until(
+        &self,
+        msgbuf: &mut [u8],
+        d: Option<&libc::timespec>,
+    ) -> Result<Pending<'_>, io::Error> {
+        let desc = self.h.desc();
+        let held = retry(|| desc.receive_pending_with(msgbuf, d, false))?;
+        Ok(Pending {
+            desc,
+            held: Some(held),
+        })
+    }
+}
+
+/// A message received with [`PosixMq::recv_pending`] and not yet
+/// acknowledged. It belongs to the queue it came from (it borrows the
+/// descriptor) and to this process: dropping it returns the message, like
+/// [`nack`](Pending::nack).
+#[must_use = "dropping a pending message returns it to the queue"]
+pub struct Pending<'q> {
+    desc: &'q engine::Description,
+    held: Option<engine::Held>,
+}
+
+impl<'q> Pending<'q> {
+    pub(crate) fn new(desc: &'q engine::Description, held: engine::Held) -> Pending<'q> {
+        Pending {
+            desc,
+            held: Some(held),
+        }
+    }
+
+    /// The message's priority.
+    pub fn priority(&self) -> u32 {
+        self.held.as_ref().map_or(0, |h| h.prio)
+    }
+
+    /// The message's length: it is in `msgbuf[..len]`.
+    #[allow(clippy::len_without_is_empty, reason = "the length of a message")]
+    pub fn len(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.len)
+    }
+
+    /// Acknowledges the message: it leaves the queue for good, and its slot
+    /// is free for a sender.
+    ///
+    /// # Errors
+    /// `InvalidData` (a [`crate::Error::Corrupted`] inside, errno
+    /// `EBADMSG`) if this process does not hold the message any more (the
+    /// queue file was damaged and repaired meanwhile, or the call comes
+    /// from a forked child, which holds nothing), or the queue was damaged.
+    #[inline]
+    pub fn ack(mut self) -> Result<(), io::Error> {
+        match self.held.take() {
+            Some(h) => Ok(self.desc.ack(h)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Returns the message to the queue, ahead of every message of its
+    /// priority sent after it; it will be delivered again. Into an empty
+    /// queue, it notifies like a send (see [`PosixMq::notify`]).
+    ///
+    /// # Errors
+    /// As [`ack`](Pending::ack).
+    pub fn nack(mut self) -> Result<(), io::Error> {
+        match self.held.take() {
+            Some(h) => Ok(self.desc.nack(h)?),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.held.take() {
+            // Nothing to tell: a message this process no longer holds is
+            // someone else's.
+            let _ = self.desc.nack(h);
+        }
+    }
+}
+
+impl Debug for Pending<'_> {
+    fn fmt(&self, fmtr: &mut Formatter<'_>) -> fmt::Result {
+        fmtr.debug_struct("Pending")
+            .field("priority", &self.priority())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
 #[doc(hidden)]
 impl PosixMq {
     /// Crash-test hook, not part of the API: takes the queue lock, does the

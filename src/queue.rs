@@ -305,7 +305,6 @@ fn link(r: &Region, idx: u32, prio: u32, len: u64, seq: u64, after: Option<u32>)
 /// of every message of its priority with a higher sequence number, that
 /// is, one sent after it. The walk is as long as the run of older messages
 /// put back before it, usually none.
-#[allow(dead_code, reason = "the receive with acknowledgement builds on it")]
 pub fn requeue(r: &Region, idx: u32) -> QResult<()> {
     let h = r.header();
     let s = slot(r, idx)?;
@@ -492,7 +491,6 @@ pub fn inflight(r: &Region) -> QResult<Vec<(u32, u32, u32, u32)>> {
 
 /// Marks `idx`, just taken off its list by a receive, as held
 /// unacknowledged by member `owner`, and counts it.
-#[allow(dead_code, reason = "the receive with acknowledgement builds on it")]
 pub fn hold(r: &Region, idx: u32, owner: u32) -> QResult<()> {
     let s = slot(r, idx)?;
     s.owner.store(owner, Relaxed);
@@ -505,7 +503,6 @@ pub fn hold(r: &Region, idx: u32, owner: u32) -> QResult<()> {
 /// Ends the hold of member `owner` on `idx`: checks it, and uncounts it.
 /// The caller then frees the slot (acknowledged) or puts the message back
 /// ([`requeue`]).
-#[allow(dead_code, reason = "the receive with acknowledgement builds on it")]
 pub fn unhold(r: &Region, idx: u32, owner: u32) -> QResult<()> {
     let s = slot(r, idx)?;
     if s.state.load(Relaxed) != SLOT_PENDING || s.owner.load(Relaxed) != owner {
@@ -1033,6 +1030,109 @@ mod tests {
                 let want: Vec<_> = model.iter().rev().flat_map(|(p, q)| q.iter().map(move |m| (*p, m.len()))).collect();
                 proptest::prop_assert_eq!(seen, want);
                 proptest::prop_assert_eq!(h.lock.nfree.load(Relaxed), 5 - count as u64);
+            }
+        }
+    }
+
+    /// The model of a queue with pending messages: per priority, the
+    /// queued messages as `(send order, bytes)`, oldest first.
+    type Model = BTreeMap<u32, VecDeque<(u32, Vec<u8>)>>;
+
+    /// Puts a returned message back in the model where the engine must:
+    /// ahead of every message of its priority sent after it.
+    fn model_put_back(model: &mut Model, prio: u32, n: u32, msg: Vec<u8>) {
+        let q = model.entry(prio).or_default();
+        let at = q.iter().position(|(m, _)| *m > n).unwrap_or(q.len());
+        q.insert(at, (n, msg));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Sends, plain and pending receives, acks, nacks, reopens and
+        /// repairs in which one of two holders has died, against the model.
+        #[test]
+        fn matches_model_with_pending(ops in proptest::collection::vec((0u8..10, 0u32..6, 0usize..9), 1..300)) {
+            let mut hr = region(5, 8);
+            let mut model: Model = BTreeMap::new();
+            // (slot, holder, prio, send order, bytes)
+            let mut pending: Vec<(u32, u32, u32, u32, Vec<u8>)> = Vec::new();
+            let mut n = 0u32;
+            for (op, prio, len) in ops {
+                let queued: usize = model.values().map(VecDeque::len).sum();
+                let r = hr.region();
+                match op {
+                    0..=2 => {
+                        let prio = prio * 6553;
+                        n += 1;
+                        let mut msg = n.to_le_bytes().to_vec();
+                        msg.resize(len.min(8), 0xab);
+                        // Pending messages fill their slots.
+                        let ok = send(r, prio, &msg);
+                        proptest::prop_assert_eq!(ok, queued + pending.len() < 5);
+                        if ok {
+                            model.entry(prio).or_default().push_back((n, msg));
+                        }
+                    }
+                    3 => {
+                        let want = model.iter_mut().next_back().map(|(p, q)| (*p, q.pop_front().unwrap().1));
+                        model.retain(|_, q| !q.is_empty());
+                        proptest::prop_assert_eq!(recv(r), want);
+                    }
+                    4 | 5 => {
+                        // A pending receive by holder 1 or 2.
+                        let holder = 1 + u32::from(op == 5);
+                        let want = model.iter_mut().next_back().map(|(p, q)| (*p, q.pop_front().unwrap()));
+                        model.retain(|_, q| !q.is_empty());
+                        let got = pop_front(r, prio * 6553).unwrap();
+                        proptest::prop_assert_eq!(got.is_some(), want.is_some());
+                        if let (Some((i, p, l)), Some((wp, (wn, wm)))) = (got, want) {
+                            hold(r, i, holder).unwrap();
+                            let mut v = vec![0; l];
+                            r.read_payload(i, &mut v);
+                            proptest::prop_assert_eq!((p, &v), (wp, &wm));
+                            pending.push((i, holder, p, wn, wm));
+                        }
+                    }
+                    6 | 7 if !pending.is_empty() => {
+                        // Acknowledge (6) or return (7) one of them.
+                        let (i, holder, p, pn, pm) = pending.remove(len % pending.len());
+                        // Only its holder may end a hold.
+                        proptest::prop_assert!(unhold(r, i, holder ^ 3).is_err());
+                        unhold(r, i, holder).unwrap();
+                        if op == 6 {
+                            release(r, i).unwrap();
+                        } else {
+                            requeue(r, i).unwrap();
+                            model_put_back(&mut model, p, pn, pm);
+                        }
+                    }
+                    8 => hr.reopen().unwrap(),
+                    _ => {
+                        // Holder 2 died: a repair returns what it held and
+                        // keeps holder 1's.
+                        let rep = rebuild(r, &mut |owner, _| owner == 1);
+                        let dead: Vec<_> = pending.iter().filter(|x| x.1 == 2).cloned().collect();
+                        proptest::prop_assert_eq!(rep.restored_reads as usize, dead.len());
+                        pending.retain(|x| x.1 == 1);
+                        for (_, _, p, pn, pm) in dead {
+                            model_put_back(&mut model, p, pn, pm);
+                        }
+                    }
+                }
+                let queued: usize = model.values().map(VecDeque::len).sum();
+                let h = hr.region().header();
+                proptest::prop_assert_eq!(h.lock.curmsgs.load(Relaxed), queued as u64);
+                proptest::prop_assert_eq!(h.lock.npending.load(Relaxed) as usize, pending.len());
+                proptest::prop_assert_eq!(h.lock.nfree.load(Relaxed) as usize, 5 - queued - pending.len());
+                let mut seen = Vec::new();
+                for_each(hr.region(), |i, p, len| {
+                    let mut v = vec![0; len];
+                    hr.region().read_payload(i, &mut v);
+                    seen.push((p, v));
+                    true
+                }).unwrap();
+                let want: Vec<_> = model.iter().rev().flat_map(|(p, q)| q.iter().map(move |(_, m)| (*p, m.clone()))).collect();
+                proptest::prop_assert_eq!(seen, want);
             }
         }
     }

@@ -25,6 +25,18 @@ mqd_t shmq_open(const char *name, int oflag, ...);
 #endif
 
 
+/*
+ A message received with acknowledgement ([`shmq_receive_pending`]),
+ not yet acknowledged: opaque. It belongs to the queue it came from and
+ to this process. Exactly one of [`shmq_ack`] and [`shmq_nack`] must be
+ called with it, which frees it; it is not usable afterwards. Closing the
+ descriptor does not end the hold (the queue stays mapped for it); the
+ end of the process (exit, a signal, `exec`) returns the message to the
+ queue. A forked child's copy of it holds nothing: `shmq_ack` and
+ `shmq_nack` fail there with `EBADMSG` (and free the copy).
+ */
+typedef struct shmq_pending shmq_pending;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -115,6 +127,61 @@ ssize_t shmq_timedreceive(mqd_t mqdes,
                           size_t len,
                           unsigned int *prio,
                           const struct timespec *abs_timeout);
+
+/*
+ Receive with acknowledgement: as [`shmq_receive`], but the message
+ stays *pending* (invisible to other receivers, still filling its slot)
+ until [`shmq_ack`] removes it or [`shmq_nack`] puts it back ahead of
+ every message of its priority sent after it. On success, `*pending` is
+ set to a new handle owned by the caller; on failure it is left alone.
+ `mq_getattr`'s `mq_curmsgs` does not count pending messages; a send
+ finds the queue full while they fill it.
+
+ # Safety
+ As [`shmq_receive`]; `pending` points to a writable `shmq_pending *`.
+ */
+ssize_t shmq_receive_pending(mqd_t mqdes,
+                             char *msg,
+                             size_t len,
+                             unsigned int *prio,
+                             struct shmq_pending **pending);
+
+/*
+ [`shmq_receive_pending`] with an absolute `CLOCK_REALTIME` timeout, as
+ [`shmq_timedreceive`].
+
+ # Safety
+ As [`shmq_receive_pending`]; `abs_timeout` points to a `timespec`.
+ */
+ssize_t shmq_timedreceive_pending(mqd_t mqdes,
+                                  char *msg,
+                                  size_t len,
+                                  unsigned int *prio,
+                                  const struct timespec *abs_timeout,
+                                  struct shmq_pending **pending);
+
+/*
+ Acknowledges a pending message: it leaves the queue for good, and its
+ slot is free for a sender. Frees `pending`, whatever the outcome.
+ Returns 0, or -1 with errno: `EINVAL` for NULL, `EBADMSG` if this
+ process does not hold the message (a forked child, or a queue damaged
+ and repaired meanwhile).
+
+ # Safety
+ `pending` is NULL or a handle from [`shmq_receive_pending`] not yet
+ passed to `shmq_ack` or `shmq_nack`.
+ */
+int shmq_ack(struct shmq_pending *pending);
+
+/*
+ Returns a pending message to the queue, ahead of every message of its
+ priority sent after it: it is delivered again. Frees `pending`,
+ whatever the outcome. Errors as [`shmq_ack`].
+
+ # Safety
+ As [`shmq_ack`].
+ */
+int shmq_nack(struct shmq_pending *pending);
 
 /*
  `mq_notify(mqdes, sevp)`: `SIGEV_NONE`, `SIGEV_SIGNAL` (with `si_code ==

@@ -508,6 +508,134 @@ pub unsafe extern "C-unwind" fn shmq_timedreceive(
     })
 }
 
+/// A message received with acknowledgement ([`shmq_receive_pending`]),
+/// not yet acknowledged: opaque. It belongs to the queue it came from and
+/// to this process. Exactly one of [`shmq_ack`] and [`shmq_nack`] must be
+/// called with it, which frees it; it is not usable afterwards. Closing the
+/// descriptor does not end the hold (the queue stays mapped for it); the
+/// end of the process (exit, a signal, `exec`) returns the message to the
+/// queue. A forked child's copy of it holds nothing: `shmq_ack` and
+/// `shmq_nack` fail there with `EBADMSG` (and free the copy).
+pub struct shmq_pending {
+    mq: Arc<MqdT>,
+    token: mqueue::__PendingToken,
+}
+
+/// Receive with acknowledgement: as [`shmq_receive`], but the message
+/// stays *pending* (invisible to other receivers, still filling its slot)
+/// until [`shmq_ack`] removes it or [`shmq_nack`] puts it back ahead of
+/// every message of its priority sent after it. On success, `*pending` is
+/// set to a new handle owned by the caller; on failure it is left alone.
+/// `mq_getattr`'s `mq_curmsgs` does not count pending messages; a send
+/// finds the queue full while they fill it.
+///
+/// # Safety
+/// As [`shmq_receive`]; `pending` points to a writable `shmq_pending *`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn shmq_receive_pending(
+    mqdes: mqd_t,
+    msg: *mut c_char,
+    len: size_t,
+    prio: *mut c_uint,
+    pending: *mut *mut shmq_pending,
+) -> ssize_t {
+    // SAFETY: per the contract.
+    unsafe { receive_pending(mqdes, msg, len, prio, None, pending) }
+}
+
+/// [`shmq_receive_pending`] with an absolute `CLOCK_REALTIME` timeout, as
+/// [`shmq_timedreceive`].
+///
+/// # Safety
+/// As [`shmq_receive_pending`]; `abs_timeout` points to a `timespec`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn shmq_timedreceive_pending(
+    mqdes: mqd_t,
+    msg: *mut c_char,
+    len: size_t,
+    prio: *mut c_uint,
+    abs_timeout: *const timespec,
+    pending: *mut *mut shmq_pending,
+) -> ssize_t {
+    // SAFETY: per the contract.
+    unsafe { receive_pending(mqdes, msg, len, prio, Some(abs_timeout), pending) }
+}
+
+/// The two receives with acknowledgement.
+///
+/// # Safety
+/// As [`shmq_timedreceive_pending`].
+unsafe fn receive_pending(
+    mqdes: mqd_t,
+    msg: *mut c_char,
+    len: size_t,
+    prio: *mut c_uint,
+    abs_timeout: Option<*const timespec>,
+    pending: *mut *mut shmq_pending,
+) -> ssize_t {
+    cancellation_point(-1, || {
+        ffi(-1, || {
+            let ts = abs_timeout.map(timespec_arg).transpose()?;
+            if pending.is_null() {
+                return Err(Errno::EFAULT);
+            }
+            let mq = lookup(mqdes)?;
+            // SAFETY: per the contract.
+            let buf = unsafe { bytes_mut(msg, len)? };
+            let mut p = 0;
+            let (n, token) =
+                mqueue::__mq_receive_pending_cancellable(&mq, buf, &mut p, ts.as_ref())?;
+            store_prio(prio, p);
+            // SAFETY: non-null, writable per the contract.
+            unsafe { *pending = Box::into_raw(Box::new(shmq_pending { mq, token })) };
+            Ok(n as ssize_t)
+        })
+    })
+}
+
+/// Acknowledges a pending message: it leaves the queue for good, and its
+/// slot is free for a sender. Frees `pending`, whatever the outcome.
+/// Returns 0, or -1 with errno: `EINVAL` for NULL, `EBADMSG` if this
+/// process does not hold the message (a forked child, or a queue damaged
+/// and repaired meanwhile).
+///
+/// # Safety
+/// `pending` is NULL or a handle from [`shmq_receive_pending`] not yet
+/// passed to `shmq_ack` or `shmq_nack`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmq_ack(pending: *mut shmq_pending) -> c_int {
+    // SAFETY: per the contract.
+    unsafe { settle(pending, true) }
+}
+
+/// Returns a pending message to the queue, ahead of every message of its
+/// priority sent after it: it is delivered again. Frees `pending`,
+/// whatever the outcome. Errors as [`shmq_ack`].
+///
+/// # Safety
+/// As [`shmq_ack`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmq_nack(pending: *mut shmq_pending) -> c_int {
+    // SAFETY: per the contract.
+    unsafe { settle(pending, false) }
+}
+
+/// # Safety
+/// As [`shmq_ack`].
+unsafe fn settle(pending: *mut shmq_pending, ack: bool) -> c_int {
+    if pending.is_null() {
+        Errno::set_raw(libc::EINVAL);
+        return -1;
+    }
+    // SAFETY: a handle made by Box::into_raw in receive_pending, given back
+    // once (the contract).
+    let p = unsafe { Box::from_raw(pending) };
+    ffi(-1, move || {
+        let shmq_pending { mq, token } = *p;
+        mqueue::__mq_settle(&mq, token, ack).map(|()| 0)
+    })
+}
+
 fn store_prio(prio: *mut c_uint, p: u32) {
     if !prio.is_null() {
         // SAFETY: non-null, valid per the contract.

@@ -288,6 +288,12 @@ pub enum Format {
 /// Waits for one message unless told otherwise. --all takes every message
 /// queued now (with --timeout: until none arrives for that long). Exit 1 if
 /// fewer messages than asked for arrived.
+///
+/// A message leaves the queue only once it has been written to standard
+/// output and flushed (it is received pending, then acknowledged). If a
+/// write fails, recv stops with exit 2 and an error about standard output;
+/// the message being written and every later one stay queued, in order (a
+/// reader that went away ends recv quietly, the same way).
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
@@ -336,6 +342,11 @@ pub struct PeekArgs {
     /// Print the priority before each message, then a tab
     #[arg(short, long)]
     pub priority: bool,
+    /// Show the pending messages instead: received with acknowledgement
+    /// and not acknowledged yet (`mqtool recv` holds each until it has
+    /// written it out); with --json, each names its holder's member number
+    #[arg(long)]
+    pub pending: bool,
 }
 
 /// Show a queue's attributes and state.

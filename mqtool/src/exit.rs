@@ -112,7 +112,7 @@ impl Failure {
     pub fn report(&self, json: bool) -> Exit {
         let (status, subject, message) = match self {
             Failure::Output(e) if e.kind() == io::ErrorKind::BrokenPipe => return Exit::Success,
-            Failure::Output(e) => (Exit::Error, Some("standard output"), describe_io(e)),
+            Failure::Output(e) => (Exit::Error, Some("standard output"), describe_output(e)),
             Failure::Message {
                 status,
                 subject,
@@ -164,7 +164,7 @@ pub fn error_json(subject: Option<&str>, message: &str, status: Exit) -> String 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Output(e) => write!(f, "standard output: {}", describe_io(e)),
+            Failure::Output(e) => write!(f, "standard output: {}", describe_output(e)),
             Failure::Message {
                 subject: Some(s),
                 message,
@@ -195,6 +195,18 @@ pub fn errno_of(e: &io::Error) -> Option<Errno> {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<shmq::Error>())
         .map(shmq::Error::errno)
+}
+
+/// A failure to write the output in words, ending with the errno name: the
+/// system's words, not the library's (which speak of the queue).
+pub fn describe_output(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => {
+            let errno = Errno::from_raw(n);
+            format!("write failed: {} ({errno:?})", errno.desc())
+        }
+        None => format!("write failed: {e}"),
+    }
 }
 
 /// An error from the library in words, ending with the errno name.

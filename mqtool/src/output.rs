@@ -9,7 +9,7 @@
 //!   `{"type":"message","queue":"/jobs","priority":7,"len":5,"data":{"text":"hello"}}`
 //! - `"queue"` ([`QueueJson`] from `info` and `ls`, or [`QueueErrorJson`]
 //!   from `ls` for a queue that cannot be read):
-//!   `{"type":"queue","name":"/jobs","name_bytes":"2f6a6f6273","path":"/dev/shm/shmq/jobs","capacity":10,"max_msg_len":8192,"current_messages":2,"mode":"0600","uid":0,"gid":0,"per_priority":[{"priority":7,"count":1},{"priority":3,"count":1}],"blocked_senders":0,"blocked_receivers":0,"in_flight":0,"notify":null,"total_sent":2,"total_received":0,"file_size":86016,"version":"3.0","health":{"status":"ok","repairs":0,"corrupted_slots":0},"lock":{"state":"free","member":null}}`
+//!   `{"type":"queue","name":"/jobs","name_bytes":"2f6a6f6273","path":"/dev/shm/shmq/jobs","capacity":10,"max_msg_len":8192,"current_messages":2,"pending":0,"pending_holders":[],"mode":"0600","uid":0,"gid":0,"per_priority":[{"priority":7,"count":1},{"priority":3,"count":1}],"blocked_senders":0,"blocked_receivers":0,"in_flight":0,"notify":null,"total_sent":2,"total_received":0,"file_size":86016,"version":"3.0","health":{"status":"ok","repairs":0,"corrupted_slots":0},"lock":{"state":"free","member":null}}`
 //!   or `{"type":"queue","name":"/bad","name_bytes":"2f626164","path":"…","error":{"errno":"EBADMSG","message":"…"}}`
 //!
 //!   Queue names are bytes: `name` is them as UTF-8, with U+FFFD for any
@@ -76,6 +76,10 @@ pub struct MessageJson<'a> {
     pub len: usize,
     /// The payload.
     pub data: Payload<'a>,
+    /// For a pending message (`peek --pending`): the member number of the
+    /// process holding it; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<u32>,
 }
 
 /// Messages queued at one priority.
@@ -145,6 +149,11 @@ pub struct QueueJson {
     pub max_msg_len: u64,
     /// Messages queued now (`mq_curmsgs`).
     pub current_messages: u64,
+    /// Messages received with acknowledgement and not acknowledged yet:
+    /// not counted in `current_messages`, but filling their slots.
+    pub pending: u64,
+    /// Who holds them, most messages first.
+    pub pending_holders: Vec<HolderJson>,
     /// Permission bits in octal, e.g. `"0640"`.
     pub mode: String,
     /// Owner of the queue file.
@@ -174,6 +183,18 @@ pub struct QueueJson {
     pub health: HealthJson,
     /// The queue lock when the snapshot was taken.
     pub lock: LockJson,
+}
+
+/// A process holding pending messages.
+#[derive(Debug, Serialize)]
+pub struct HolderJson {
+    /// Its member number.
+    pub member: u32,
+    /// Messages it holds.
+    pub messages: u64,
+    /// False once it died (its messages go back to the queue when a
+    /// receiver next looks).
+    pub alive: bool,
 }
 
 /// The queue lock, as `info` found it.
@@ -213,6 +234,16 @@ impl QueueJson {
             capacity: i.capacity,
             max_msg_len: i.max_msg_len,
             current_messages: i.current_messages,
+            pending: i.pending,
+            pending_holders: i
+                .pending_holders
+                .iter()
+                .map(|h| HolderJson {
+                    member: h.member,
+                    messages: h.messages,
+                    alive: h.alive,
+                })
+                .collect(),
             mode: mode_string(i.mode),
             uid: i.uid,
             gid: i.gid,
@@ -291,6 +322,8 @@ pub struct SampleJson<'a> {
     pub blocked_senders: u32,
     /// Blocked receivers.
     pub blocked_receivers: u32,
+    /// Messages received and not acknowledged yet.
+    pub pending: u64,
     /// Messages sent since creation.
     pub total_sent: u64,
     /// Messages received since creation.
@@ -388,6 +421,9 @@ pub struct MessagePrinter<'a, W: Write> {
     pub priority: bool,
     /// Queue name for JSON.
     pub queue: &'a str,
+    /// The holder of the next message printed, when it is pending (JSON
+    /// only).
+    pub holder: Option<u32>,
 }
 
 impl<W: Write> MessagePrinter<'_, W> {
@@ -414,6 +450,7 @@ impl<W: Write> MessagePrinter<'_, W> {
                     priority,
                     len: data.len(),
                     data: Payload::new(data),
+                    holder: self.holder,
                 },
             ),
         }
@@ -665,6 +702,7 @@ mod tests {
             format: Format::Text,
             priority: true,
             queue: "/q",
+            holder: None,
         };
         p.print(7, b"hi").unwrap();
         p.format = Format::Hex;

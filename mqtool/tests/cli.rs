@@ -736,13 +736,14 @@ fn watch_prints_samples() {
             "SENT/S",
             "RECEIVED/S",
             "SENDERS",
-            "RECEIVERS"
+            "RECEIVERS",
+            "PENDING"
         ]
     );
     let first: Vec<_> = lines[1].split_whitespace().collect();
-    assert_eq!(&first[1..], ["3", "50", "-", "-", "0", "0"]);
+    assert_eq!(&first[1..], ["3", "50", "-", "-", "0", "0", "0"]);
     let second: Vec<_> = lines[2].split_whitespace().collect();
-    assert_eq!(second.len(), 7);
+    assert_eq!(second.len(), 8);
     assert!(
         second[3].parse::<f64>().is_ok() && second[4].parse::<f64>().is_ok(),
         "{out}"
@@ -988,6 +989,7 @@ fn bench_quick_prints_the_table() {
         "mpsc4-10",
         "pair-100000-queued",
         "pair-32768-priorities",
+        "pair-ack",
     ];
     let want: Vec<_> = all
         .into_iter()
@@ -1422,4 +1424,230 @@ fn man_pages_have_the_usual_sections_and_every_page_they_name() {
     }
     assert!(referred >= 12, "{referred}");
     assert!(!out.join("mqtool-help.1").exists());
+}
+
+/// The queue `/acked` with `n` numbered messages at priorities 0..3.
+fn numbered_queue(env: &Env, n: usize) -> Vec<String> {
+    env.ok(&[
+        "create",
+        "/acked",
+        "--capacity",
+        "100",
+        "--max-msg-len",
+        "64",
+    ]);
+    let lines: Vec<String> = (0..n).map(|i| format!("message {i}")).collect();
+    for (i, l) in lines.iter().enumerate() {
+        let p = (i % 3).to_string();
+        env.ok(&["send", "/acked", "--priority", &p, l]);
+    }
+    // Delivery order: priority 2 first, oldest first within one.
+    let mut order: Vec<(usize, String)> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i % 3, l.clone()))
+        .collect();
+    order.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
+    order.into_iter().map(|(_, l)| l).collect()
+}
+
+/// Everything queued, in delivery order, and nothing pending.
+fn assert_all_queued(env: &Env, want: &[String], what: &str) {
+    let info = env.info("/acked");
+    assert_eq!(info["current_messages"], want.len(), "{what}: {info}");
+    assert_eq!(info["pending"], 0, "{what}: {info}");
+    let peeked: Vec<String> = env
+        .ok(&["peek", "/acked"])
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(peeked, want, "{what}");
+}
+
+#[test]
+fn recv_write_failures_leave_the_messages_queued() {
+    let modes: [&[&str]; 3] = [&[], &["--json"], &["--format", "hex"]];
+    for mode in modes {
+        let env = Env::new("ackfail");
+        let want = numbered_queue(&env, 12);
+        let mut args: Vec<&str> = Vec::new();
+        let json = mode == ["--json"];
+        if json {
+            args.push("--json");
+        }
+        args.extend(["recv", "/acked", "--all"]);
+        if !json {
+            args.extend(mode);
+        }
+
+        // A full disk: exit 2, an error about standard output (not the
+        // queue), every message still queued in order.
+        let r = Run::from(
+            env.cmd(&args)
+                .stdout(std::fs::File::create("/dev/full").unwrap())
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(r.code, 2, "{mode:?} /dev/full: {r:?}");
+        if json {
+            let e: Value = serde_json::from_str(r.stderr.trim()).unwrap();
+            assert_eq!(e["subject"], "standard output", "{r:?}");
+            assert_eq!(e["errno"], "ENOSPC", "{r:?}");
+        } else {
+            assert!(
+                r.stderr.starts_with("mqtool: standard output: ")
+                    && r.stderr.contains("(ENOSPC)")
+                    && !r.stderr.contains("queue"),
+                "{mode:?}: {r:?}"
+            );
+        }
+        assert_all_queued(&env, &want, "/dev/full");
+
+        // Standard output closed (`>&-`): the same, with EBADF.
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg("exec \"$0\" \"$@\" >&-")
+            .arg(BIN)
+            .args(&args)
+            .env("SHMQ_DIR", &env.dir)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
+        let r = Run::from(sh.output().unwrap());
+        assert_eq!(r.code, 2, "{mode:?} >&-: {r:?}");
+        assert!(r.stderr.contains("standard output"), "{r:?}");
+        assert!(r.stderr.contains("EBADF"), "{r:?}");
+        assert_all_queued(&env, &want, ">&-");
+
+        // A reader gone before the first write (`| head -0`): quiet, and
+        // nothing lost.
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        drop(rd);
+        let r = Run::from(
+            env.cmd(&args)
+                .stdout(Stdio::from(wr))
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap(),
+        );
+        assert_eq!((r.code, r.stderr.as_str()), (0, ""), "{mode:?} EPIPE");
+        assert_all_queued(&env, &want, "| head -0");
+
+        // Written out: acknowledged, gone.
+        let r = env.run(&args);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(r.stdout.lines().count(), want.len());
+        assert_all_queued(&env, &[], "received");
+
+        // `> /dev/null` asks for them to be thrown away: they are.
+        env.ok(&["send", "/acked", "gone"]);
+        let r = Run::from(
+            env.cmd(&args)
+                .stdout(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open("/dev/null")
+                        .unwrap(),
+                )
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_all_queued(&env, &[], "> /dev/null");
+    }
+}
+
+#[test]
+fn info_peek_and_watch_show_pending_messages_and_their_holder() {
+    let env = Env::new("pending");
+    env.ok(&["create", "/held", "--max-msg-len", "64"]);
+    for m in ["one", "two", "three"] {
+        env.ok(&["send", "/held", m]);
+    }
+    let q = shmq::OpenOptions::readwrite()
+        .dir(&env.dir)
+        .open("/held")
+        .unwrap();
+    let (mut b1, mut b2) = ([0u8; 64], [0u8; 64]);
+    let p1 = q.recv_pending(&mut b1).unwrap();
+    let p2 = q.recv_pending(&mut b2).unwrap();
+    let info = env.info("/held");
+    assert_eq!(info["current_messages"], 1, "{info}");
+    assert_eq!(info["pending"], 2, "{info}");
+    let holders = info["pending_holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 1, "{info}");
+    assert_eq!(holders[0]["messages"], 2);
+    assert_eq!(holders[0]["alive"], true);
+    let member = holders[0]["member"].as_u64().unwrap();
+    let text = env.ok(&["info", "/held"]);
+    assert!(
+        text.contains(&format!(
+            "pending:     2 (received, not acknowledged; member {member}: 2)"
+        )),
+        "{text}"
+    );
+    assert_eq!(env.ok(&["peek", "/held"]), "three\n");
+    let mut pending: Vec<String> = env
+        .ok(&["peek", "/held", "--pending"])
+        .lines()
+        .map(String::from)
+        .collect();
+    pending.sort();
+    assert_eq!(pending, ["one", "two"]);
+    for m in env.json(&["--json", "peek", "/held", "--pending"]) {
+        assert_eq!(m["holder"].as_u64(), Some(member), "{m}");
+    }
+    assert!(
+        env.json(&["--json", "peek", "/held"])[0]
+            .get("holder")
+            .is_none()
+    );
+    let sample = env.json(&["--json", "watch", "/held", "--count", "1"]);
+    assert_eq!(sample[0]["pending"], 2, "{:?}", sample);
+    p1.ack().unwrap();
+    drop(p2);
+    let info = env.info("/held");
+    assert_eq!(
+        (&info["pending"], &info["current_messages"]),
+        (&Value::from(0), &Value::from(2))
+    );
+    assert_eq!(env.ok(&["recv", "/held", "--all"]), "two\nthree\n");
+}
+
+#[test]
+fn recv_stopped_mid_output_keeps_the_rest_queued_in_order() {
+    let env = Env::new("ackpart");
+    let want = numbered_queue(&env, 100);
+    // A file size limit of 512 bytes (`ulimit -f 1`), SIGXFSZ ignored:
+    // the writes fail with EFBIG part way through the queue.
+    let out = env.dir.join(".out");
+    let r = Run::from(
+        Command::new("sh")
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 1; exec \"$0\" recv /acked --all > \"$OUT\"")
+            .arg(BIN)
+            .env("SHMQ_DIR", &env.dir)
+            .env("OUT", &out)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.starts_with("mqtool: standard output: ") && r.stderr.contains("(EFBIG)"),
+        "{r:?}"
+    );
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(written.len(), 512);
+    let mut lines: Vec<&str> = written.split('\n').collect();
+    // The message cut by the limit, if any, is delivered again.
+    let cut = lines.pop().unwrap();
+    let k = lines.len();
+    assert!(k > 0 && k < want.len());
+    assert_eq!(
+        lines,
+        want[..k].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(want[k].starts_with(cut), "{cut:?} / {:?}", want[k]);
+    assert_all_queued(&env, &want[k..], "after EFBIG");
 }

@@ -37,7 +37,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::Release};
 use std::time::{Duration, Instant};
 
 /// Payloads up to this size are copied while holding the lock.
@@ -135,6 +135,9 @@ struct Tuning {
     /// The last sleep here was ended by a caller on the sleeper's own CPU:
     /// the peer shares it, so a probing spin cannot succeed.
     peer_on_my_cpu: AtomicBool,
+    /// When this process last looked for pending messages of dead members
+    /// (see `Queue::dead_holder`).
+    pending_scan: AtomicU64,
 }
 
 /// An open queue description: what `mq_open` creates and `dup`/`fork` share.
@@ -380,16 +383,20 @@ impl Queue {
     pub fn reap_inflight(&self, _g: &Guard<'_>) -> bool {
         let r = self.region();
         let h = r.header();
-        if h.lock.ninflight.load(Relaxed) == 0 || r.poisoned() {
+        let inflight = h.lock.ninflight.load(Relaxed) != 0;
+        let pending = h.lock.npending.load(Relaxed) != 0;
+        if !(inflight || pending) || r.poisoned() {
             return false;
         }
         let Ok(m) = self.member() else { return false };
-        let dead = match queue::inflight(r) {
-            Ok(list) => list
-                .iter()
-                .any(|&(_, _, owner, tid)| !m.thread_alive(owner, tid)),
-            Err(_) => true,
-        };
+        let dead = inflight
+            && match queue::inflight(r) {
+                Ok(list) => list
+                    .iter()
+                    .any(|&(_, _, owner, tid)| !m.thread_alive(owner, tid)),
+                Err(_) => true,
+            };
+        let dead = dead || (pending && self.dead_holder(m));
         if dead {
             queue::rebuild(r, &mut Self::alive_fn(m));
         }
@@ -454,10 +461,12 @@ impl Drop for Handle {
 }
 
 mod open;
+mod pending;
 mod transfer;
 mod wait;
 
 pub(crate) use open::open_for_inspection_in;
 pub use open::{open_for_inspection, permitted_on, unlink};
+pub use pending::Held;
 pub use transfer::Stage;
 pub use wait::{Guard, Side};

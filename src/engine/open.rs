@@ -132,6 +132,7 @@ impl Queue {
                 futile_wakes: AtomicU32::new(0),
                 last_prio: AtomicU32::new(u32::MAX),
                 peer_on_my_cpu: AtomicBool::new(false),
+                pending_scan: AtomicU64::new(0),
             },
             _relock: Relock,
         };

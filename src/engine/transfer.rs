@@ -82,12 +82,22 @@ impl Description {
     ) -> Result<T> {
         let q = &self.queue;
         let mut w = Waiting::new(wait.cancel_poll);
+        let mut reaped = false;
         let out = loop {
             if let Err(e) = q.check_poison() {
                 break Err(e);
             }
             let res = match take(q.region()) {
                 Ok(Some(v)) => break Ok(v),
+                // Before giving up, once: what dead members left mid-copy
+                // or pending may be there to take.
+                Ok(None) if wait.nonblock && !reaped && side == Side::Recv => {
+                    reaped = true;
+                    if q.reap_inflight(g) {
+                        continue;
+                    }
+                    Err(Error::Os(Errno::EAGAIN))
+                }
                 Ok(None) if wait.nonblock => Err(Error::Os(Errno::EAGAIN)),
                 Ok(None) => q.block(g, side, wait, &mut w),
                 Err(c) => q.repair(g, c, attempts),

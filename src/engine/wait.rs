@@ -337,10 +337,14 @@ impl Queue {
         let seq = word.load(Relaxed);
         let count = side.sleepers(r);
         count.add(1);
-        // Poll for dead copiers while slots are in flight, for a
+        // Poll for dead copiers while slots are in flight (and, for a
+        // receiver, for dead holders while messages are pending), for a
         // cancellation if the caller asked, and for everything if a
         // recount cannot see us.
-        let poll = (w.unseen || r.header().lock.ninflight.load(Relaxed) > 0)
+        let lk = &r.header().lock;
+        let poll = (w.unseen
+            || lk.ninflight.load(Relaxed) > 0
+            || (side == Side::Recv && lk.npending.load(Relaxed) > 0))
             .then(|| realtime_after(INFLIGHT_POLL));
         let cancel = w.cancel_poll.then(|| realtime_after(CANCEL_POLL));
         // Nobody can wake a sleeper once the file shrank: it looks now and

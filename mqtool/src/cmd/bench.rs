@@ -91,6 +91,25 @@ fn pair_at(q: &shmq::PosixMq, prio: u32, iters: u64) -> io::Result<Measure> {
     })
 }
 
+/// Send, receive with acknowledgement, and ack, at priority `prio`: ns per
+/// pair.
+fn ack_pair(q: &shmq::PosixMq, prio: u32, iters: u64) -> io::Result<Measure> {
+    let mut buf = [0u8; SMALL];
+    let t = Instant::now();
+    for _ in 0..iters {
+        q.send(prio, std::hint::black_box(&MSG))?;
+        let p = q.recv_pending(&mut buf)?;
+        std::hint::black_box(&buf);
+        p.ack()?;
+    }
+    let elapsed = t.elapsed();
+    Ok(Measure {
+        value: elapsed.as_nanos() as f64 / iters as f64,
+        p99: f64::NAN,
+        elapsed,
+    })
+}
+
 /// Round trips through `ping` and back through `pong` (echoed by a second
 /// thread), `iters` times: median and 99th percentile ns per round trip.
 /// With `cpus`, the calling thread runs on the first CPU and the echo thread
@@ -875,6 +894,35 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// shmq alone: the pair with acknowledgement (send, pending receive,
+    /// ack) against the plain pair, interleaved, on one empty queue.
+    fn ack_vs_plain(&mut self) -> Result<(), Failure> {
+        let q = self.shmq_queue("ack", 10, SMALL)?;
+        let stats = self.plan.run(
+            "pair with acknowledgement",
+            &mut [
+                ("shmq, plain pair", &mut |n| pair_at(&q, 1, n)),
+                ("shmq, pair with ack", &mut |n| ack_pair(&q, 1, n)),
+            ],
+        )?;
+        self.rows.push(Row {
+            case: "pair-ack".into(),
+            description: "send + receive pending + ack, against the plain pair".into(),
+            unit: Unit::Nanos,
+            msg_len: SMALL,
+            shmq: stats[1].value,
+            kernel: None,
+            baseline: Some(stats[0].value),
+            shmq_reps: stats[1].values.clone(),
+            other_reps: stats[0].values.clone(),
+            kernel_depth: None,
+            notes: Vec::new(),
+        });
+        Ok(())
+    }
+}
+
 pub fn run(ctx: &Ctx, a: &BenchArgs) -> Outcome {
     let mut b = Bench {
         dir: ctx.dir()?.to_path_buf(),
@@ -916,6 +964,7 @@ pub fn run(ctx: &Ctx, a: &BenchArgs) -> Outcome {
     b.stream(4, SMALL, 256)?;
     b.stream(4, SMALL, 10)?;
     b.cost_vs_contents()?;
+    b.ack_vs_plain()?;
     b.plan.progress.done();
     b.load_after = loadavg();
     if let Some(path) = &a.svg {

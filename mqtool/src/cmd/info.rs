@@ -66,6 +66,22 @@ fn human(name: &[u8], i: &QueueInfo) -> String {
             format!("owner died (member {member}; the next send or receive repairs the queue)")
         }
     };
+    let mut pending = i.pending.to_string();
+    if !i.pending_holders.is_empty() {
+        let who: Vec<String> = i
+            .pending_holders
+            .iter()
+            .map(|h| {
+                format!(
+                    "member {}: {}{}",
+                    h.member,
+                    h.messages,
+                    if h.alive { "" } else { ", dead: going back" }
+                )
+            })
+            .collect();
+        pending = format!("{pending} (received, not acknowledged; {})", who.join("; "));
+    }
     let (major, minor) = shmq::inspect::layout_version();
     let rows = [
         ("name", output::escape(name)),
@@ -87,6 +103,7 @@ fn human(name: &[u8], i: &QueueInfo) -> String {
             ),
         ),
         ("in flight", i.in_flight.to_string()),
+        ("pending", pending),
         ("notify", notify),
         ("sent", i.total_sent.to_string()),
         ("received", i.total_received.to_string()),

@@ -97,7 +97,7 @@ struct Sample<'a> {
 
 impl Sample<'_> {
     const HEADER: &'static str =
-        "   ELAPSED     DEPTH  CAPACITY      SENT/S  RECEIVED/S   SENDERS  RECEIVERS";
+        "   ELAPSED     DEPTH  CAPACITY      SENT/S  RECEIVED/S   SENDERS  RECEIVERS   PENDING";
 
     fn line(&self) -> String {
         let i = self.info;
@@ -106,14 +106,15 @@ impl Sample<'_> {
             None => ("-".into(), "-".into()),
         };
         format!(
-            "{:>10.3}{:>10}{:>10}{:>12}{:>12}{:>10}{:>11}",
+            "{:>10.3}{:>10}{:>10}{:>12}{:>12}{:>10}{:>11}{:>10}",
             self.elapsed.as_secs_f64(),
             i.current_messages,
             i.capacity,
             s,
             r,
             i.blocked_senders,
-            i.blocked_receivers
+            i.blocked_receivers,
+            i.pending
         )
     }
 
@@ -156,6 +157,11 @@ impl Sample<'_> {
                 plural(i.blocked_senders, "sender"),
                 plural(i.blocked_receivers, "receiver")
             ),
+            format!(
+                "pending   {} (received, not acknowledged){}",
+                i.pending,
+                holders(i)
+            ),
             format!("health    {}", i.health.as_str()),
         ]
     }
@@ -177,9 +183,26 @@ impl Sample<'_> {
             received_per_sec: self.rates.map(|r| r.1),
             blocked_senders: i.blocked_senders,
             blocked_receivers: i.blocked_receivers,
+            pending: i.pending,
             total_sent: i.total_sent,
             total_received: i.total_received,
             health: crate::output::HealthJson::new(i.health),
         }
     }
+}
+
+/// `", held by member 3 (2), member 5 (1)"`, or nothing.
+fn holders(i: &shmq::inspect::QueueInfo) -> String {
+    if i.pending_holders.is_empty() {
+        return String::new();
+    }
+    let who: Vec<String> = i
+        .pending_holders
+        .iter()
+        .map(|h| {
+            let dead = if h.alive { "" } else { ", dead" };
+            format!("member {} ({}{dead})", h.member, h.messages)
+        })
+        .collect();
+    format!(", held by {}", who.join(", "))
 }
