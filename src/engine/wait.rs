@@ -349,11 +349,14 @@ impl Queue {
         let cancel = w.cancel_poll.then(|| realtime_after(CANCEL_POLL));
         // Nobody can wake a sleeper once the file shrank: it looks now and
         // then itself.
-        let check = Some(realtime_after(FILE_CHECK));
-        let mut until = wait.deadline;
-        for p in [&poll, &cancel, &check].into_iter().flatten() {
-            until = Some(earlier(until, p));
-        }
+        let mut check = Some(realtime_after(FILE_CHECK));
+        let limit = |check: &Option<libc::timespec>| -> Option<libc::timespec> {
+            let mut until = wait.deadline;
+            for p in [&poll, &cancel, check].into_iter().flatten() {
+                until = Some(earlier(until, p));
+            }
+            until.copied()
+        };
         // If the lock cannot be retaken within the caller's limits, the
         // call ends without uncounting itself: the count errs high, which
         // costs a wake-up call, until `anyone_sleeps` recounts.
@@ -367,11 +370,26 @@ impl Queue {
             if hold && Resuming::interrupted() {
                 return Err(WaitError::Interrupted);
             }
-            let res = futex::wait(word, seq, until);
-            if hold && Resuming::interrupted() {
-                return Err(WaitError::Interrupted);
+            loop {
+                let res = futex::wait(word, seq, limit(&check).as_ref());
+                if hold && Resuming::interrupted() {
+                    return Err(WaitError::Interrupted);
+                }
+                // A look at the file that finds it whole goes back to
+                // sleep without the lock: a thousand sleepers must not
+                // take it a thousand times a second.
+                let only_check = res == Err(WaitError::TimedOut)
+                    && check.as_ref().is_some_and(reached)
+                    && ![wait.deadline, poll.as_ref(), cancel.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .any(reached);
+                if only_check && self.check_file().is_ok() {
+                    check = Some(realtime_after(FILE_CHECK));
+                    continue;
+                }
+                return res;
             }
-            res
         })?;
         count.sub(1);
         if res.is_ok() {
