@@ -35,98 +35,64 @@ use nix::mqueue::{MQ_OFlag, MqAttr};
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeSpec;
 use shmq::mqueue::{self, MqdT};
-use std::cell::UnsafeCell;
 use std::ffi::CStr;
 use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Once};
 
-/// The table of open descriptors, indexed by file descriptor number.
-///
-/// Guarded by a `pthread_rwlock_t` rather than std's lock so that `fork`
-/// handlers can hold it across a fork: a child never inherits it locked.
-struct Table {
-    lock: UnsafeCell<libc::pthread_rwlock_t>,
-    slots: UnsafeCell<Vec<Option<Arc<MqdT>>>>,
-}
-
-// SAFETY: `slots` is only touched with `lock` held (shared for reads,
-// exclusive for writes); the rwlock itself is made for sharing.
-unsafe impl Sync for Table {}
-
-static TABLE: Table = Table {
-    lock: UnsafeCell::new(libc::PTHREAD_RWLOCK_INITIALIZER),
-    slots: UnsafeCell::new(Vec::new()),
-};
-static ATFORK: Once = Once::new();
-
-extern "C" fn fork_prepare() {
-    // SAFETY: the static rwlock is initialised; taking it for writing makes
-    // sure no other thread holds it while the process is copied.
-    unsafe { libc::pthread_rwlock_wrlock(TABLE.lock.get()) };
-}
-
-extern "C" fn fork_parent() {
-    // SAFETY: fork_prepare took the lock in this thread.
-    unsafe { libc::pthread_rwlock_unlock(TABLE.lock.get()) };
-}
-
-extern "C" fn fork_child() {
-    // The child's thread has a new thread id, so glibc would not recognise it
-    // as the writer: start from a fresh lock instead of unlocking. The child
-    // has a single thread, so nobody else can be using it.
-    // SAFETY: writing the initial value over a lock no thread holds.
-    unsafe { TABLE.lock.get().write(libc::PTHREAD_RWLOCK_INITIALIZER) };
-}
-
-fn register_atfork() {
-    ATFORK.call_once(|| {
-        // SAFETY: the handlers only lock and unlock the table's rwlock.
-        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
-    });
-}
+#[path = "table.rs"]
+mod table;
+use table::Ref;
 
 /// The descriptor for `fd`, if it is an open shmq descriptor.
 #[inline]
-fn lookup(fd: mqd_t) -> Result<Arc<MqdT>, Errno> {
-    let idx = usize::try_from(fd).map_err(|_| Errno::EBADF)?;
-    // SAFETY: shared lock around a read of the table.
-    let found = unsafe {
-        libc::pthread_rwlock_rdlock(TABLE.lock.get());
-        let slots = &*TABLE.slots.get();
-        let found = slots.get(idx).and_then(Option::clone);
-        libc::pthread_rwlock_unlock(TABLE.lock.get());
-        found
-    };
-    match found {
+fn lookup(fd: mqd_t) -> Result<Ref, Errno> {
+    match table::get(fd) {
         Some(mq) => Ok(mq),
         None => adopt_duplicate(fd),
     }
+}
+
+/// The device and inode of the file `fd` is open on.
+fn file_id(fd: c_int) -> Option<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a struct stat into valid storage, read only on
+    // success.
+    (unsafe { libc::fstat(fd, st.as_mut_ptr()) } == 0).then(|| {
+        // SAFETY: initialised by the successful fstat.
+        let st = unsafe { st.assume_init() };
+        (st.st_dev, st.st_ino)
+    })
 }
 
 /// `fd` is not in the table, but may be a `dup` of a descriptor that is
 /// (programs that treat `mqd_t` as a file descriptor do that): if it refers
 /// to the same open file description as a known descriptor (`kcmp`), it
 /// becomes a descriptor of the same queue, sharing its `O_NONBLOCK`.
+///
+/// No system call when no descriptor is open; one (`fstat`) for a file
+/// descriptor that is not open on a queue file of an open descriptor; the
+/// `kcmp` comparisons and the table's writer only for one that is.
 #[cold]
-fn adopt_duplicate(fd: mqd_t) -> Result<Arc<MqdT>, Errno> {
+fn adopt_duplicate(fd: mqd_t) -> Result<Ref, Errno> {
     use std::os::fd::{FromRawFd, OwnedFd};
     const KCMP_FILE: libc::c_long = 0;
-    // SAFETY: fcntl(F_GETFD) only asks whether fd is open.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+    if table::is_empty() || usize::try_from(fd).map_or(true, |i| i >= table::MAX_FD) {
         return Err(Errno::EBADF);
     }
-    let pid = std::process::id() as libc::pid_t;
-    let idx = fd as usize;
-    // Find and insert under one write lock, so two threads cannot adopt the
-    // same descriptor twice.
-    with_table_mut(|t| {
-        if let Some(Some(mq)) = t.get(idx) {
-            return Ok(mq.clone());
+    let file = file_id(fd).ok_or(Errno::EBADF)?;
+    if table::with_file(file).next().is_none() {
+        return Err(Errno::EBADF);
+    }
+    // SAFETY: getpid has no preconditions (not cached: a child made by
+    // any kind of fork gets its own).
+    let pid = unsafe { libc::getpid() };
+    // Find and insert as the writer, so two threads cannot adopt the same
+    // descriptor twice.
+    table::write(|w| {
+        if let Some(mq) = table::get(fd) {
+            return Ok(mq);
         }
-        let original = t
-            .iter()
-            .flatten()
+        let original = table::with_file(file)
             .find(|mq| {
                 // SAFETY: kcmp only compares two descriptors of this process.
                 let r = unsafe {
@@ -136,55 +102,28 @@ fn adopt_duplicate(fd: mqd_t) -> Result<Arc<MqdT>, Errno> {
             })
             .ok_or(Errno::EBADF)?;
         // SAFETY: fd is open and, from now on, owned by the new descriptor
-        // (as any descriptor passed to shmq_close is).
-        let adopted = Arc::new(original.__adopt_duplicate(unsafe { OwnedFd::from_raw_fd(fd) }));
-        if t.len() <= idx {
-            t.resize(idx + 1, None);
-        }
-        t[idx] = Some(adopted.clone());
-        Ok(adopted)
+        // (as any descriptor passed to shmq_close is); it is below MAX_FD,
+        // so the insertion below cannot give it back.
+        let adopted = original.__adopt_duplicate(unsafe { OwnedFd::from_raw_fd(fd) });
+        drop(original);
+        w.insert(adopted, file).map_err(|_| Errno::EBADF)?;
+        table::get(fd).ok_or(Errno::EBADF)
     })
 }
 
-/// Runs `f` on the table under its write lock, with every signal blocked in
-/// the calling thread: a signal handler that sends or receives (a lookup
-/// takes the lock for reading) must never run in a thread that holds it for
-/// writing, where it would deadlock or unlock the writer's hold.
-fn with_table_mut<T>(f: impl FnOnce(&mut Vec<Option<Arc<MqdT>>>) -> T) -> T {
-    // SAFETY: sigset_t is plain data, filled by sigfillset before use.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: both sets are valid storage; pthread_sigmask changes only the
-    // calling thread's mask, restored below.
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-    }
-    // SAFETY: exclusive lock around a write of the table; `f` cannot unwind
-    // into C and does not call back into the table.
-    let out = unsafe {
-        libc::pthread_rwlock_wrlock(TABLE.lock.get());
-        let out = f(&mut *TABLE.slots.get());
-        libc::pthread_rwlock_unlock(TABLE.lock.get());
-        out
-    };
-    // SAFETY: restores the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    out
-}
-
-fn insert(mq: MqdT) -> mqd_t {
-    register_atfork();
+/// Enters a newly opened descriptor into the table.
+fn insert(mq: MqdT) -> Result<mqd_t, Errno> {
     let fd = mq.as_raw_fd();
-    with_table_mut(|t| {
-        let idx = fd as usize;
-        if t.len() <= idx {
-            t.resize(idx + 1, None);
+    let file = file_id(fd).ok_or_else(Errno::last)?;
+    // A descriptor beyond the table is dropped (closed) outside the writer.
+    let rejected = table::write(|w| w.insert(mq, file).err());
+    match rejected {
+        None => Ok(fd),
+        Some(mq) => {
+            drop(mq);
+            Err(Errno::EMFILE)
         }
-        t[idx] = Some(Arc::new(mq));
-    });
-    fd
+    }
 }
 
 unsafe extern "C-unwind" {
@@ -193,32 +132,63 @@ unsafe extern "C-unwind" {
     fn pthread_testcancel();
 }
 
-/// Makes `op` (a blocking send or receive behind [`ffi`]) a cancellation
-/// point, as the `mq_*` functions are: a pending `pthread_cancel` is acted
-/// on when the call starts, when its sleep is cut short by the engine
-/// (`ERESTART`, every 50 ms while asleep; the call then goes on) and when a
-/// signal interrupts it. The forced unwind of a cancellation passes only
-/// through this frame and the exported function's, which hold nothing to
-/// drop: all Rust state of the operation is gone by then.
-fn cancellation_point<T: Copy + PartialEq>(err: T, mut op: impl FnMut() -> T) -> T {
+/// Runs `f` (a send or receive) behind the panic boundary as a
+/// cancellation point, as the `mq_*` functions are: a pending
+/// `pthread_cancel` is acted on when the call starts, when its sleep is cut
+/// short by the engine (`ERESTART`, every 50 ms while asleep; `f` is then
+/// called again) and when a signal interrupts it (`EINTR`). Failures set
+/// errno and return `err`.
+///
+/// `f` gets the descriptor through [`hold`], which looks it up once: a
+/// call made again after `ERESTART` goes on with the same queue even if
+/// the descriptor was closed meanwhile (as a blocked kernel call does).
+/// The forced unwind of a cancellation passes only through this frame and
+/// the exported function's; it releases the held descriptor on its way.
+#[inline(always)]
+fn cancellable<T>(err: T, mut f: impl FnMut(&mut Option<Ref>) -> Result<T, Errno>) -> T {
     // SAFETY: see above; pthread_testcancel has no preconditions.
     unsafe { pthread_testcancel() };
+    let mut held = None;
     loop {
-        let r = op();
-        if r != err {
-            return r;
-        }
-        match Errno::last() {
-            // SAFETY: as above.
-            Errno::ERESTART => unsafe { pthread_testcancel() },
-            Errno::EINTR => {
-                // SAFETY: as above.
-                unsafe { pthread_testcancel() };
-                return r;
-            }
-            _ => return r,
+        let e = match catch_unwind(AssertUnwindSafe(|| f(&mut held))) {
+            Ok(Ok(v)) => return v,
+            Ok(Err(e)) => e,
+            Err(_) => Errno::EIO,
+        };
+        if !after_failure(e) {
+            return err;
         }
     }
+}
+
+/// The slow end of [`cancellable`]: acts on a pending cancellation where
+/// `e` calls for it; true to call again (`ERESTART`), else sets errno.
+#[cold]
+fn after_failure(e: Errno) -> bool {
+    match e {
+        Errno::ERESTART => {
+            // SAFETY: as in `cancellable`.
+            unsafe { pthread_testcancel() };
+            true
+        }
+        _ => {
+            if e == Errno::EINTR {
+                // SAFETY: as above.
+                unsafe { pthread_testcancel() };
+            }
+            Errno::set_raw(e as i32);
+            false
+        }
+    }
+}
+
+/// The descriptor `fd`, looked up at the first call only.
+#[inline(always)]
+fn hold(held: &mut Option<Ref>, fd: mqd_t) -> Result<&MqdT, Errno> {
+    if held.is_none() {
+        *held = Some(lookup(fd)?);
+    }
+    held.as_deref().ok_or(Errno::EBADF)
 }
 
 /// Runs `f` behind the panic boundary; failures set errno and return `err`.
@@ -299,7 +269,7 @@ pub unsafe extern "C" fn shmq_open4(
             Mode::empty()
         };
         let flags = MQ_OFlag::from_bits_retain(oflag);
-        mqueue::mq_open(name, flags, mode, attr.as_ref()).map(insert)
+        mqueue::mq_open(name, flags, mode, attr.as_ref()).and_then(insert)
     })
 }
 
@@ -337,10 +307,10 @@ pub unsafe extern "C" fn shmq_open() {
 #[unsafe(no_mangle)]
 pub extern "C" fn shmq_close(mqdes: mqd_t) -> c_int {
     ffi(-1, || {
-        let idx = usize::try_from(mqdes).map_err(|_| Errno::EBADF)?;
-        let mq = with_table_mut(|t| t.get_mut(idx).and_then(Option::take)).ok_or(Errno::EBADF)?;
-        // The file descriptor closes when the last user of the entry is done.
-        drop(mq);
+        let closed = table::write(|w| w.remove(mqdes)).ok_or(Errno::EBADF)?;
+        // The file descriptor closes when the last call using the
+        // descriptor is done: here, unless one is in progress.
+        drop(closed);
         Ok(0)
     })
 }
@@ -421,14 +391,12 @@ pub unsafe extern "C-unwind" fn shmq_send(
     len: size_t,
     prio: c_uint,
 ) -> c_int {
-    cancellation_point(-1, || {
-        ffi(-1, || {
-            let prio = prio_arg(prio)?;
-            let mq = lookup(mqdes)?;
-            // SAFETY: per the contract (and an empty slice for len 0).
-            let msg = unsafe { bytes(msg, len)? };
-            mqueue::__mq_send_cancellable(&mq, msg, prio, None).map(|()| 0)
-        })
+    cancellable(-1, |held| {
+        let prio = prio_arg(prio)?;
+        let mq = hold(held, mqdes)?;
+        // SAFETY: per the contract (and an empty slice for len 0).
+        let msg = unsafe { bytes(msg, len)? };
+        mqueue::__mq_send_cancellable(mq, msg, prio, None).map(|()| 0)
     })
 }
 
@@ -445,15 +413,13 @@ pub unsafe extern "C-unwind" fn shmq_timedsend(
     prio: c_uint,
     abs_timeout: *const timespec,
 ) -> c_int {
-    cancellation_point(-1, || {
-        ffi(-1, || {
-            let ts = timespec_arg(abs_timeout)?;
-            let prio = prio_arg(prio)?;
-            let mq = lookup(mqdes)?;
-            // SAFETY: per the contract.
-            let msg = unsafe { bytes(msg, len)? };
-            mqueue::__mq_send_cancellable(&mq, msg, prio, Some(&ts)).map(|()| 0)
-        })
+    cancellable(-1, |held| {
+        let ts = timespec_arg(abs_timeout)?;
+        let prio = prio_arg(prio)?;
+        let mq = hold(held, mqdes)?;
+        // SAFETY: per the contract.
+        let msg = unsafe { bytes(msg, len)? };
+        mqueue::__mq_send_cancellable(mq, msg, prio, Some(&ts)).map(|()| 0)
     })
 }
 
@@ -469,16 +435,14 @@ pub unsafe extern "C-unwind" fn shmq_receive(
     len: size_t,
     prio: *mut c_uint,
 ) -> ssize_t {
-    cancellation_point(-1, || {
-        ffi(-1, || {
-            let mq = lookup(mqdes)?;
-            // SAFETY: per the contract.
-            let buf = unsafe { bytes_mut(msg, len)? };
-            let mut p = 0;
-            let n = mqueue::__mq_receive_cancellable(&mq, buf, &mut p, None)?;
-            store_prio(prio, p);
-            Ok(n as ssize_t)
-        })
+    cancellable(-1, |held| {
+        let mq = hold(held, mqdes)?;
+        // SAFETY: per the contract.
+        let buf = unsafe { bytes_mut(msg, len)? };
+        let mut p = 0;
+        let n = mqueue::__mq_receive_cancellable(mq, buf, &mut p, None)?;
+        store_prio(prio, p);
+        Ok(n as ssize_t)
     })
 }
 
@@ -494,17 +458,15 @@ pub unsafe extern "C-unwind" fn shmq_timedreceive(
     prio: *mut c_uint,
     abs_timeout: *const timespec,
 ) -> ssize_t {
-    cancellation_point(-1, || {
-        ffi(-1, || {
-            let ts = timespec_arg(abs_timeout)?;
-            let mq = lookup(mqdes)?;
-            // SAFETY: per the contract.
-            let buf = unsafe { bytes_mut(msg, len)? };
-            let mut p = 0;
-            let n = mqueue::__mq_receive_cancellable(&mq, buf, &mut p, Some(&ts))?;
-            store_prio(prio, p);
-            Ok(n as ssize_t)
-        })
+    cancellable(-1, |held| {
+        let ts = timespec_arg(abs_timeout)?;
+        let mq = hold(held, mqdes)?;
+        // SAFETY: per the contract.
+        let buf = unsafe { bytes_mut(msg, len)? };
+        let mut p = 0;
+        let n = mqueue::__mq_receive_cancellable(mq, buf, &mut p, Some(&ts))?;
+        store_prio(prio, p);
+        Ok(n as ssize_t)
     })
 }
 
