@@ -479,7 +479,9 @@ pub unsafe extern "C-unwind" fn shmq_timedreceive(
 /// queue. A forked child's copy of it holds nothing: `shmq_ack` and
 /// `shmq_nack` fail there with `EBADMSG` (and free the copy).
 pub struct shmq_pending {
-    mq: Arc<MqdT>,
+    /// Counted in as a user of the descriptor's entry: a close meanwhile
+    /// leaves the queue open until the hold ends.
+    mq: Ref,
     token: mqueue::__PendingToken,
 }
 
@@ -535,23 +537,22 @@ unsafe fn receive_pending(
     abs_timeout: Option<*const timespec>,
     pending: *mut *mut shmq_pending,
 ) -> ssize_t {
-    cancellation_point(-1, || {
-        ffi(-1, || {
-            let ts = abs_timeout.map(timespec_arg).transpose()?;
-            if pending.is_null() {
-                return Err(Errno::EFAULT);
-            }
-            let mq = lookup(mqdes)?;
-            // SAFETY: per the contract.
-            let buf = unsafe { bytes_mut(msg, len)? };
-            let mut p = 0;
-            let (n, token) =
-                mqueue::__mq_receive_pending_cancellable(&mq, buf, &mut p, ts.as_ref())?;
-            store_prio(prio, p);
-            // SAFETY: non-null, writable per the contract.
-            unsafe { *pending = Box::into_raw(Box::new(shmq_pending { mq, token })) };
-            Ok(n as ssize_t)
-        })
+    cancellable(-1, |held| {
+        let ts = abs_timeout.map(timespec_arg).transpose()?;
+        if pending.is_null() {
+            return Err(Errno::EFAULT);
+        }
+        let mq = hold(held, mqdes)?;
+        // SAFETY: per the contract.
+        let buf = unsafe { bytes_mut(msg, len)? };
+        let mut p = 0;
+        let (n, token) = mqueue::__mq_receive_pending_cancellable(mq, buf, &mut p, ts.as_ref())?;
+        store_prio(prio, p);
+        // The descriptor this call used (and the hold is on) goes with it.
+        let mq = held.take().ok_or(Errno::EBADF)?;
+        // SAFETY: non-null, writable per the contract.
+        unsafe { *pending = Box::into_raw(Box::new(shmq_pending { mq, token })) };
+        Ok(n as ssize_t)
     })
 }
 
