@@ -8,12 +8,16 @@
 //! within the system's limits (`kernel`). The cost-vs-contents cases are
 //! shmq's alone, against the same pair on an empty queue.
 
+mod c;
 mod cpu;
 mod kernel;
+mod procs;
 mod svg;
 
+pub use procs::peer;
+
 use super::Ctx;
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, Shape};
 use crate::exit::{Exit, Failure, Outcome};
 use crate::output::{self, BenchJson, json_line};
 use kernel::KernelMq;
@@ -49,18 +53,25 @@ impl Endpoint for KernelMq {
 }
 
 /// One measurement: the figure (ns per operation, or messages per second),
-/// the 99th percentile of the individual times where there are some, and how
-/// long it took.
+/// the 99th percentile of the individual times where there are some, how
+/// long it took, and context switches per message (NaN when unknown).
 #[derive(Clone, Copy)]
 struct Measure {
     value: f64,
     p99: f64,
     elapsed: Duration,
+    csw: f64,
+}
+
+/// Context switches since `before` (see [`cpu::switches`]) per message.
+fn switches_per(before: u64, messages: u64) -> f64 {
+    cpu::switches().saturating_sub(before) as f64 / messages.max(1) as f64
 }
 
 /// Send + receive of `msg` in one thread, `iters` times: ns per pair.
 fn pair<Q: Endpoint>(q: &Q, msg: &[u8], iters: u64) -> io::Result<Measure> {
     let mut buf = vec![0u8; msg.len()];
+    let sw = cpu::switches();
     let t = Instant::now();
     for _ in 0..iters {
         q.send(std::hint::black_box(msg))?;
@@ -71,6 +82,7 @@ fn pair<Q: Endpoint>(q: &Q, msg: &[u8], iters: u64) -> io::Result<Measure> {
         value: elapsed.as_nanos() as f64 / iters as f64,
         p99: f64::NAN,
         elapsed,
+        csw: switches_per(sw, iters),
     })
 }
 
@@ -88,6 +100,7 @@ fn pair_at(q: &shmq::PosixMq, prio: u32, iters: u64) -> io::Result<Measure> {
         value: elapsed.as_nanos() as f64 / iters as f64,
         p99: f64::NAN,
         elapsed,
+        csw: f64::NAN,
     })
 }
 
@@ -134,6 +147,7 @@ fn ping_pong<Q: Endpoint>(
         }
         let mut buf = [0u8; SMALL];
         let mut rtt = Vec::with_capacity(usize::try_from(iters).unwrap_or(0).min(1 << 24));
+        let sw = cpu::switches();
         let start = Instant::now();
         let mut last = start;
         for _ in 0..iters {
@@ -155,6 +169,7 @@ fn ping_pong<Q: Endpoint>(
             value: median(&mut rtt),
             p99,
             elapsed,
+            csw: switches_per(sw, 2 * iters),
         })
     })
 }
@@ -166,6 +181,7 @@ fn stream<Q: Endpoint>(q: &Q, producers: u64, msg: &[u8], iters: u64) -> io::Res
     let total = each * producers;
     let mut buf = vec![0u8; msg.len()];
     std::thread::scope(|s| {
+        let sw = cpu::switches();
         let start = Instant::now();
         let threads: Vec<_> = (0..producers)
             .map(|_| {
@@ -194,6 +210,7 @@ fn stream<Q: Endpoint>(q: &Q, producers: u64, msg: &[u8], iters: u64) -> io::Res
             value: total as f64 / elapsed.as_secs_f64(),
             p99: f64::NAN,
             elapsed,
+            csw: switches_per(sw, total),
         })
     })
 }
@@ -315,6 +332,8 @@ struct Stat {
     p99: f64,
     values: Vec<f64>,
     p99s: Vec<f64>,
+    /// Median context switches per message (NaN when unknown).
+    csw: f64,
 }
 
 /// Settings of a run.
@@ -354,6 +373,7 @@ impl Plan {
         }
         let mut values = vec![Vec::new(); peers.len()];
         let mut p99s = vec![Vec::new(); peers.len()];
+        let mut csws = vec![Vec::new(); peers.len()];
         for rep in 0..self.reps {
             self.progress
                 .step(&format!("{label}: repetition {}/{}", rep + 1, self.reps));
@@ -366,16 +386,19 @@ impl Plan {
                 let m = run(iters[i]).map_err(|e| fail(name, e))?;
                 values[i].push(m.value);
                 p99s[i].push(m.p99);
+                csws[i].push(m.csw);
             }
         }
         Ok(values
             .into_iter()
             .zip(p99s)
-            .map(|(v, p)| Stat {
+            .zip(csws)
+            .map(|((v, p), mut c)| Stat {
                 value: median(&mut v.clone()),
                 p99: median(&mut p.clone()),
                 values: v,
                 p99s: p,
+                csw: median(&mut c),
             })
             .collect())
     }
@@ -398,6 +421,17 @@ struct Row {
     other_reps: Vec<f64>,
     kernel_depth: Option<i64>,
     notes: Vec<String>,
+    /// Context switches per message, shmq's (or the C peer's) and the
+    /// kernel's, when measured.
+    csw: Option<f64>,
+    kernel_csw: Option<f64>,
+    /// Whose figures `shmq` holds (see `BenchJson::peer`).
+    peer: &'static str,
+}
+
+/// A context-switch figure, if there is one.
+fn known(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
 }
 
 impl Row {
@@ -608,10 +642,13 @@ impl Bench {
             shmq: sv.value,
             kernel: kv.as_ref().map(|k| k.value),
             baseline: None,
+            csw: known(sv.csw),
+            kernel_csw: kv.as_ref().and_then(|k| known(k.csw)),
             shmq_reps: sv.values,
             other_reps: kv.map(|k| k.values).unwrap_or_default(),
             kernel_depth: None,
             notes: k.notes,
+            peer: "rust",
         });
         Ok(())
     }
@@ -735,6 +772,19 @@ impl Bench {
         kernel: Option<Stat>,
         notes: &[String],
     ) {
+        self.push_ping_pong_of("rust", case, label, shmq, kernel, notes);
+    }
+
+    /// [`push_ping_pong`](Self::push_ping_pong) for the figures of `peer`.
+    fn push_ping_pong_of(
+        &mut self,
+        peer: &'static str,
+        case: &str,
+        label: &str,
+        shmq: Stat,
+        kernel: Option<Stat>,
+        notes: &[String],
+    ) {
         for (suffix, what, s, k, s_reps, k_reps) in [
             (
                 "",
@@ -765,6 +815,9 @@ impl Bench {
                 other_reps: k_reps.cloned().unwrap_or_default(),
                 kernel_depth: None,
                 notes: notes.to_vec(),
+                csw: known(shmq.csw),
+                kernel_csw: kernel.as_ref().and_then(|k| known(k.csw)),
+                peer,
             });
         }
     }
@@ -809,10 +862,13 @@ impl Bench {
             shmq: sv.value,
             kernel: kv.as_ref().map(|k| k.value),
             baseline: None,
+            csw: known(sv.csw),
+            kernel_csw: kv.as_ref().and_then(|k| known(k.csw)),
             shmq_reps: sv.values,
             other_reps: kv.map(|k| k.values).unwrap_or_default(),
             kernel_depth: k.mq.is_some().then_some(k.depth),
             notes: k.notes,
+            peer: "rust",
         });
         Ok(())
     }
@@ -869,9 +925,35 @@ impl Bench {
                 other_reps: stats[0].values.clone(),
                 kernel_depth: None,
                 notes: Vec::new(),
+                csw: None,
+                kernel_csw: None,
+                peer: "rust",
             });
         }
         Ok(())
+    }
+}
+
+impl Bench {
+    /// The cases of threads in one process, through the Rust API.
+    fn threads(&mut self, cpus: &[usize]) -> Result<(), Failure> {
+        self.pair(SMALL)?;
+        for len in [16, 4096, 65536] {
+            self.pair(len)?;
+        }
+        self.ping_pong_across(cpus)?;
+        self.ping_pong_one_cpu(cpus)?;
+        for len in [SMALL, 16] {
+            for depth in [10, 256] {
+                self.stream(1, len, depth)?;
+            }
+        }
+        self.stream(1, 4096, 10)?;
+        self.stream(1, 4096, 256)?;
+        self.stream(1, 65536, 10)?;
+        self.stream(4, SMALL, 256)?;
+        self.stream(4, SMALL, 10)?;
+        self.cost_vs_contents()
     }
 }
 
@@ -899,23 +981,31 @@ pub fn run(ctx: &Ctx, a: &BenchArgs) -> Outcome {
     };
     let cpus = cpu::allowed()
         .map_err(|e| Failure::plain(format!("bench: CPU affinity: {}", super::io_message(&e))))?;
-    b.pair(SMALL)?;
-    for len in [16, 4096, 65536] {
-        b.pair(len)?;
-    }
-    b.ping_pong_across(&cpus)?;
-    b.ping_pong_one_cpu(&cpus)?;
-    for len in [SMALL, 16] {
-        for depth in [10, 256] {
-            b.stream(1, len, depth)?;
+    let shapes: Vec<Shape> = if a.full {
+        let mut all = vec![Shape::Threads, Shape::Processes];
+        if a.c_prog.is_some() {
+            all.push(Shape::C);
         }
+        all
+    } else if a.shape.is_empty() {
+        vec![Shape::Threads]
+    } else {
+        a.shape.clone()
+    };
+    if shapes.contains(&Shape::C) && a.c_prog.is_none() {
+        return Err(Failure::plain(
+            "bench: --shape c needs --c-prog (make -C capi/bench builds it)",
+        ));
     }
-    b.stream(1, 4096, 10)?;
-    b.stream(1, 4096, 256)?;
-    b.stream(1, 65536, 10)?;
-    b.stream(4, SMALL, 256)?;
-    b.stream(4, SMALL, 10)?;
-    b.cost_vs_contents()?;
+    if shapes.contains(&Shape::Threads) {
+        b.threads(&cpus)?;
+    }
+    if shapes.contains(&Shape::Processes) {
+        b.processes(&cpus)?;
+    }
+    if let (true, Some(prog)) = (shapes.contains(&Shape::C), &a.c_prog) {
+        b.c_cases(prog, a.preload.as_deref(), &cpus)?;
+    }
     b.plan.progress.done();
     b.load_after = loadavg();
     if let Some(path) = &a.svg {
@@ -966,6 +1056,9 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
                     ratio_min: range.map(|r| r.0),
                     ratio_max: range.map(|r| r.1),
                     spread: r.spread(),
+                    csw_shmq: r.csw,
+                    csw_kernel: r.kernel_csw,
+                    peer: r.peer,
                 },
             )?;
         }
@@ -1004,6 +1097,7 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
                 r.description.clone(),
                 r.unit.show(r.shmq, r.msg_len),
                 kernel,
+                csw_text(r),
                 ratio,
                 range_text(r),
             ]
@@ -1011,13 +1105,21 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
         .collect();
     output::table(
         &mut out,
-        &["CASE", ">SHMQ", ">KERNEL MQ", ">SPEED-UP", ">RANGE"],
+        &[
+            "CASE",
+            ">SHMQ",
+            ">KERNEL MQ",
+            ">CS/MSG",
+            ">SPEED-UP",
+            ">RANGE",
+        ],
         &versus,
     )?;
     writeln!(
         out,
-        "(speed-up: how many times faster shmq is than the kernel's mq, median;\n \
-         range: the lowest and highest speed-up over the repetitions)"
+        "(speed-up: how many times faster shmq (or the C row's peer) is than the kernel's mq, \
+         median;\n range: the lowest and highest speed-up over the repetitions; cs/msg: \
+         context switches per message, shmq/kernel, median)"
     )?;
     let alone: Vec<Vec<String>> = b
         .rows
@@ -1071,6 +1173,12 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
     out.flush()
 }
 
+/// `0.01/1.00`: context switches per message, shmq's and the kernel's.
+fn csw_text(r: &Row) -> String {
+    let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    format!("{}/{}", show(r.csw), show(r.kernel_csw))
+}
+
 /// `0.95-1.30x`: the ratio's range over the repetitions.
 fn range_text(r: &Row) -> String {
     match r.ratio_range() {
@@ -1096,6 +1204,9 @@ mod tests {
             other_reps: kernel.to_vec(),
             kernel_depth: None,
             notes: Vec::new(),
+            csw: None,
+            kernel_csw: None,
+            peer: "rust",
         }
     }
 
