@@ -364,6 +364,16 @@ pub struct BenchJson<'a> {
     pub csw_shmq: Option<f64>,
     /// The same for the kernel's mq.
     pub csw_kernel: Option<f64>,
+    /// The lowest and highest of shmq's repetitions (for a run-to-run
+    /// stability check: the worst against the median).
+    pub shmq_min: Option<f64>,
+    /// See `shmq_min`.
+    pub shmq_max: Option<f64>,
+    /// The lowest and highest of the kernel's (or, for shmq-alone cases,
+    /// the baseline's) repetitions.
+    pub kernel_min: Option<f64>,
+    /// See `kernel_min`.
+    pub kernel_max: Option<f64>,
     /// Whose figures the row shows as `shmq`: `"rust"` (the Rust API,
     /// threads), `"rust-processes"`, or for C cases `"c-api"`, `"drop-in"`
     /// or `"boost"` (then `shmq` is Boost.Interprocess's figure).

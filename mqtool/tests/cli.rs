@@ -1060,6 +1060,8 @@ fn bench_processes_run_each_placement_beside_the_kernel() {
         assert_eq!(row["peer"], "rust-processes", "{row}");
         assert!(row["shmq"].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["csw_shmq"].as_f64().unwrap() >= 0.0, "{row}");
+        let (lo, hi) = (row["shmq_min"].as_f64(), row["shmq_max"].as_f64());
+        assert!(lo.unwrap() <= hi.unwrap(), "{row}");
         if !row["kernel"].is_null() {
             assert!(row["csw_kernel"].as_f64().unwrap() >= 0.0, "{row}");
             assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row}");

@@ -1059,6 +1059,10 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
                     csw_shmq: r.csw,
                     csw_kernel: r.kernel_csw,
                     peer: r.peer,
+                    shmq_min: r.shmq_reps.iter().copied().reduce(f64::min),
+                    shmq_max: r.shmq_reps.iter().copied().reduce(f64::max),
+                    kernel_min: r.other_reps.iter().copied().reduce(f64::min),
+                    kernel_max: r.other_reps.iter().copied().reduce(f64::max),
                 },
             )?;
         }
