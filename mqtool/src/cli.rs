@@ -80,7 +80,11 @@ JSON Lines (--json): one object per line, each with a \"type\":
                          kernel could not run the case; baseline is the
                          empty-queue figure of the shmq-only cases),
                          ratio_min, ratio_max (over the repetitions),
-                         spread (largest / smallest repetition)
+                         spread (largest / smallest repetition),
+                         csw_shmq, csw_kernel (context switches per
+                         message), shmq_min, shmq_max, kernel_min,
+                         kernel_max (over the repetitions), peer (rust,
+                         rust-processes, c-api, drop-in or boost)
   bench-summary (bench, last) cpus, loadavg_before, loadavg_after,
                          warnings [STRING, ...] (a busy machine ...)
   error    (any, on standard error instead of the plain message)
@@ -417,7 +421,7 @@ pub struct WatchArgs {
 /// Cases: a send+receive pair in one thread (64 B); a ping-pong round trip
 /// with the two threads pinned to two CPUs, then both pinned to one CPU
 /// (median and 99th percentile; on one CPU also with the shmq queue opened
-/// before pinning, when shmq still believes it may spin); streaming from one
+/// before pinning); streaming from one
 /// thread to another, 64 B and 16 B at depth 10 and 256, 4 KiB at depth 10
 /// and 256, 64 KiB at depth 10 (with bytes per second); 4 producers to 1
 /// consumer, 64 B, depth 256 and 10. Then shmq alone: the pair on a queue

@@ -684,11 +684,10 @@ impl Bench {
         Ok(())
     }
 
-    /// Ping-pong with both sides on one CPU, where spinning cannot help. shmq
-    /// decides whether to spin when a queue is opened, from the opening
-    /// thread's CPU affinity: the queue is opened by a thread already pinned
-    /// (as in a process started under `taskset`); and, for comparison, a
-    /// queue opened before pinning (shmq then believes it may spin).
+    /// Ping-pong with both sides on one CPU, where spinning cannot help: the
+    /// queue opened by a thread already pinned (as in a process started
+    /// under `taskset`), and a queue opened before pinning; shmq must see
+    /// at each wait that the peer shares the CPU, in both.
     fn ping_pong_one_cpu(&mut self, cpus: &[usize]) -> Result<(), Failure> {
         let Some(&a) = cpus.first() else {
             return Ok(());
@@ -750,7 +749,7 @@ impl Bench {
         if early.is_some() {
             notes.pop();
             notes.push(format!(
-                "late pinning: the shmq queue was opened before its threads were pinned to cpu{a}; shmq then still spins"
+                "late pinning: the shmq queue was opened before its threads were pinned to cpu{a}"
             ));
             self.push_ping_pong(
                 "pingpong-1cpu-late",
