@@ -20,6 +20,9 @@
  * The children start together once all have opened their queues. -x: the
  * queues exist already (made by the caller, who also removes them).
  *
+ * A run that takes over two minutes is killed (SIGALRM): a peer that died
+ * must not leave the others waiting for ever.
+ *
  * Output, one line: VALUE P99 CSW_PER_MSG ELAPSED_NS
  * (P99 is 0 where there is none; CSW_PER_MSG counts voluntary and
  * involuntary context switches of all children during the timed part,
@@ -264,6 +267,7 @@ static int run_children(int n, void (*role[])(long), long arg[], long messages, 
         if (pid[i] < 0)
             die("fork");
         if (pid[i] == 0) {
+            alarm(120); /* a peer that died must not leave this one hanging */
             role[i](arg[i]);
             _exit(0);
         }
@@ -364,6 +368,7 @@ int main(int argc, char **argv) {
     const char *what = argv[optind];
     int rc;
     setvbuf(stdout, NULL, _IOLBF, 0);
+    alarm(150);
     if (!strcmp(what, "pair")) {
         pair(iters);
         return 0;

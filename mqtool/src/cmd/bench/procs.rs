@@ -10,6 +10,7 @@ use crate::cmd::Ctx;
 use crate::exit::{Exit, Failure, Outcome};
 use std::io::{self, BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 /// Where the processes of a case run.
@@ -221,6 +222,43 @@ fn run_gang(dir: &std::path::Path, peers: &[Vec<String>], messages: u64) -> io::
         };
         gang.kids.push((c, i, BufReader::new(o)));
     }
+    // A peer that hangs (its partner died, say) must not hang the run: past
+    // a deadline far beyond any repetition, every peer is killed, and the
+    // reads below end.
+    let pids: Vec<nix::unistd::Pid> = gang
+        .kids
+        .iter()
+        .filter_map(|(c, _, _)| i32::try_from(c.id()).ok().map(nix::unistd::Pid::from_raw))
+        .collect();
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(PEER_DEADLINE) == Err(RecvTimeoutError::Timeout) {
+            for p in pids {
+                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    });
+    let r = gather(&mut gang, messages);
+    // The watchdog is gone before any peer is reaped: it never signals a
+    // pid that may have been reused.
+    drop(done);
+    let _ = watchdog.join();
+    let r = r?;
+    for (c, _, _) in &mut gang.kids {
+        let st = c.wait()?;
+        if !st.success() {
+            return Err(io::Error::other(format!("a peer process ended with {st}")));
+        }
+    }
+    gang.kids.clear();
+    Ok(r)
+}
+
+/// How long a peer process may take before the run gives up on it.
+const PEER_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Starts the peers of `gang` together and collects their reports.
+fn gather(gang: &mut Gang, messages: u64) -> io::Result<Measure> {
     for (_, _, out) in &mut gang.kids {
         read_line(out, "ready")?;
     }
@@ -237,13 +275,6 @@ fn run_gang(dir: &std::path::Path, peers: &[Vec<String>], messages: u64) -> io::
             timed = Some(r);
         }
     }
-    for (c, _, _) in &mut gang.kids {
-        let st = c.wait()?;
-        if !st.success() {
-            return Err(io::Error::other(format!("a peer process ended with {st}")));
-        }
-    }
-    gang.kids.clear();
     let r = timed.ok_or_else(|| io::Error::other("no peer process timed the run"))?;
     Ok(Measure {
         value: r.value,
