@@ -208,9 +208,10 @@ pub struct Header {
     pub tails: [AtomicU32; NPRIO],
 }
 
-/// A futex word alone on its cache line, and the CPU of the last caller
-/// that woke a sleeper on it, plus one (0: unknown): a hint for the
-/// sleeper, see `Side::woken_from_my_cpu`.
+/// A futex word alone on its cache line, and the CPU, plus one (0:
+/// unknown), where a peer of its sleepers was last seen: the last caller
+/// that woke one, or the last one that began to wait on the other side. A
+/// hint for whether to spin, see `Side::peer_on_cpu`.
 #[repr(C, align(64))]
 pub struct FutexLine(pub AtomicU32, pub AtomicU32);
 

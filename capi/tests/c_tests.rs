@@ -474,3 +474,70 @@ fn the_drop_in_survives_a_truncated_queue() {
     }
     let _ = std::fs::remove_dir_all(&queue_dir);
 }
+
+/// capi/bench/mqbench (the C program of `mqtool bench --shape c`) builds
+/// and runs every case through the kernel, libshmq's C API and the drop-in,
+/// with a tiny count: its output has the shape mqtool reads. Speed is not
+/// checked.
+#[test]
+fn mqbench_runs_through_each_door() {
+    let libs = build_libraries();
+    let out = std::env::temp_dir().join(format!("shmq-mqbench-{}", std::process::id()));
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench");
+    let st = Command::new("make")
+        .arg("-C")
+        .arg(&bench)
+        .arg(format!("BUILD={}", out.display()))
+        .arg(format!("SHMQ_LIBDIR={}", libs.display()))
+        .status()
+        .unwrap();
+    assert!(st.success(), "make -C capi/bench failed");
+    let prog = out.join("mqbench");
+    let dir = queue_dir("mqbench");
+    let cases: [&[&str]; 4] = [
+        &["pair", "200"],
+        &["pingpong", "200"],
+        &["-p", "after", "-c", "0,0", "stream", "2000"],
+        &["-P", "4", "stream", "2000"],
+    ];
+    for (door, api, preload) in [
+        ("kernel", "kernel", false),
+        ("C API", "shmq", false),
+        ("drop-in", "kernel", true),
+    ] {
+        for case in cases {
+            let name = format!("/mqbench-test-{}", std::process::id());
+            let mut c = Command::new(&prog);
+            c.env("SHMQ_DIR", &dir)
+                .args(["-a", api, "-n", &name])
+                .args(case);
+            if preload {
+                c.env("LD_PRELOAD", libs.join("libshmq_preload.so"));
+            }
+            let o = c.output().unwrap();
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success(),
+                "{door} {case:?}: {}{}",
+                text,
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let f: Vec<f64> = text
+                .split_whitespace()
+                .map(|w| {
+                    w.parse()
+                        .unwrap_or_else(|_| panic!("{door} {case:?}: {text:?}"))
+                })
+                .collect();
+            assert_eq!(f.len(), 4, "{door} {case:?}: {text:?}");
+            assert!(
+                f[0] > 0.0 && f[2] >= 0.0 && f[3] > 0.0,
+                "{door} {case:?}: {text:?}"
+            );
+        }
+    }
+    // Nothing left behind, in either namespace.
+    assert!(std::fs::read_dir(&dir).unwrap().next().is_none());
+    std::fs::remove_dir(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -80,7 +80,11 @@ JSON Lines (--json): one object per line, each with a \"type\":
                          kernel could not run the case; baseline is the
                          empty-queue figure of the shmq-only cases),
                          ratio_min, ratio_max (over the repetitions),
-                         spread (largest / smallest repetition)
+                         spread (largest / smallest repetition),
+                         csw_shmq, csw_kernel (context switches per
+                         message), shmq_min, shmq_max, kernel_min,
+                         kernel_max (over the repetitions), peer (rust,
+                         rust-processes, c-api, drop-in or boost)
   bench-summary (bench, last) cpus, loadavg_before, loadavg_after,
                          warnings [STRING, ...] (a busy machine ...)
   error    (any, on standard error instead of the plain message)
@@ -178,6 +182,9 @@ pub enum Command {
     Purge(PurgeArgs),
     Watch(WatchArgs),
     Bench(BenchArgs),
+    /// One process of a `bench --shape processes` case (internal)
+    #[command(name = "bench-peer", hide = true)]
+    BenchPeer(BenchPeerArgs),
     Completions(CompletionsArgs),
     Man(ManArgs),
 }
@@ -425,7 +432,7 @@ pub struct WatchArgs {
 /// Cases: a send+receive pair in one thread (64 B); a ping-pong round trip
 /// with the two threads pinned to two CPUs, then both pinned to one CPU
 /// (median and 99th percentile; on one CPU also with the shmq queue opened
-/// before pinning, when shmq still believes it may spin); streaming from one
+/// before pinning); streaming from one
 /// thread to another, 64 B and 16 B at depth 10 and 256, 4 KiB at depth 10
 /// and 256, 64 KiB at depth 10 (with bytes per second); 4 producers to 1
 /// consumer, 64 B, depth 256 and 10. Then shmq alone: the pair on a queue
@@ -440,9 +447,21 @@ pub struct WatchArgs {
 /// at once (also on error). Otherwise the kernel row uses the depth it can
 /// get, or shows "-" when the message size is over the limit; a note says
 /// so. RLIMIT_MSGQUEUE can also cap the kernel's depth.
+///
+/// --shape processes runs separate processes instead (mqtool starts copies
+/// of itself): streaming 64 B at depth 10 and 256 and a ping-pong round
+/// trip, each with the processes pinned before they open the queue (as
+/// under taskset: consumer and ping on the first CPU, producer and echo on
+/// the second), pinned after, and unpinned; ping-pong with both pinned to
+/// one CPU, before and after opening; 4 producer processes to 1 consumer,
+/// 64 B, depth 256, unpinned. With one usable CPU only the unpinned and
+/// one-CPU cases run. --shape c runs the C program capi/bench/mqbench (see
+/// --c-prog) against the kernel, through libshmq's C API, under the drop-in
+/// (--preload) and, when built with Boost, against Boost.Interprocess.
+/// Every table also shows context switches per message (getrusage).
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  mqtool bench\n  mqtool bench --quick\n  mqtool bench --svg bench.svg\n  mqtool --json bench --reps 9"
+    after_help = "Examples:\n  mqtool bench\n  mqtool bench --quick\n  mqtool bench --svg bench.svg\n  mqtool --json bench --reps 9\n  mqtool bench --shape processes --reps 5\n  mqtool bench --full --c-prog capi/bench/build/mqbench-boost \\\n      --preload target/release/libshmq_preload.so"
 )]
 pub struct BenchArgs {
     /// A short run (about a second), for smoke tests
@@ -458,6 +477,75 @@ pub struct BenchArgs {
     /// the kernel's mq, as an SVG file
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+    /// Which cases: threads (the default), processes, c; repeat or separate
+    /// with commas
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "SHAPE")]
+    pub shape: Vec<Shape>,
+    /// Every shape: threads, processes, and c when --c-prog is given
+    #[arg(long, conflicts_with = "shape")]
+    pub full: bool,
+    /// The mqbench program (make -C capi/bench) for --shape c
+    #[arg(long, value_name = "PROGRAM")]
+    pub c_prog: Option<PathBuf>,
+    /// libshmq_preload.so, for the drop-in rows of --shape c
+    #[arg(long, value_name = "LIBRARY")]
+    pub preload: Option<PathBuf>,
+}
+
+/// A family of `bench` cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// Threads of one process, through the Rust API
+    Threads,
+    /// Separate processes, through the Rust API, pinned or not
+    Processes,
+    /// A C program: the kernel, libshmq's C API, the drop-in, Boost
+    C,
+}
+
+/// What one process of a process case does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerRole {
+    /// Receive --iters messages, timed
+    Recv,
+    /// Send --iters messages
+    Send,
+    /// Send and wait for the echo, --iters round trips, timed
+    Ping,
+    /// Echo --iters messages from --queue to --queue2
+    Echo,
+}
+
+/// One process of a `bench --shape processes` case: it opens its queue(s),
+/// pinned to --cpu before or after (--pin-after) if asked, prints "ready",
+/// waits for a line on standard input, runs, and prints "result VALUE P99
+/// CSW ELAPSED_NS".
+#[derive(Debug, Args)]
+pub struct BenchPeerArgs {
+    /// What this process does
+    #[arg(long, value_enum)]
+    pub role: PeerRole,
+    /// The kernel's queue of that name, not shmq's
+    #[arg(long)]
+    pub kernel: bool,
+    /// The queue
+    #[arg(long)]
+    pub queue: String,
+    /// The queue of the answers (ping, echo)
+    #[arg(long)]
+    pub queue2: Option<String>,
+    /// Pin to this CPU
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// Pin after opening the queues, not before
+    #[arg(long)]
+    pub pin_after: bool,
+    /// Messages or round trips
+    #[arg(long)]
+    pub iters: u64,
+    /// Message size
+    #[arg(long)]
+    pub len: usize,
 }
 
 /// Print a shell completion script.

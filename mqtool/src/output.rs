@@ -352,7 +352,10 @@ pub struct BenchJson<'a> {
     pub kind: &'static str,
     /// Short case id: `"pair"`, `"pingpong"`, `"pingpong-p99"`,
     /// `"pingpong-1cpu"`, `"stream-10"`, `"stream-256"`, `"stream-4kib-10"`,
-    /// `"mpsc4-256"`, `"pair-100000-queued"` …
+    /// `"mpsc4-256"`, `"pair-100000-queued"`; process cases
+    /// `"proc-stream-10-before"`, `"proc-pingpong-after"`,
+    /// `"proc-mpsc4-256-unpinned"` …; C cases `"c-capi-pair"`,
+    /// `"c-dropin-stream-256-before"`, `"c-boost-pingpong-1cpu"` …
     pub case: &'a str,
     /// The case in words.
     pub description: &'a str,
@@ -387,6 +390,27 @@ pub struct BenchJson<'a> {
     /// Largest over smallest figure among one peer's repetitions (the
     /// wider of the two peers); above 2 the machine was probably busy.
     pub spread: f64,
+    /// Context switches (voluntary and involuntary, from `getrusage`) per
+    /// message for shmq, median over the repetitions: of the benchmark's
+    /// own threads, or of all the processes of a process case; `null` when
+    /// not measured.
+    pub csw_shmq: Option<f64>,
+    /// The same for the kernel's mq.
+    pub csw_kernel: Option<f64>,
+    /// The lowest and highest of shmq's repetitions (for a run-to-run
+    /// stability check: the worst against the median).
+    pub shmq_min: Option<f64>,
+    /// See `shmq_min`.
+    pub shmq_max: Option<f64>,
+    /// The lowest and highest of the kernel's (or, for shmq-alone cases,
+    /// the baseline's) repetitions.
+    pub kernel_min: Option<f64>,
+    /// See `kernel_min`.
+    pub kernel_max: Option<f64>,
+    /// Whose figures the row shows as `shmq`: `"rust"` (the Rust API,
+    /// threads), `"rust-processes"`, or for C cases `"c-api"`, `"drop-in"`
+    /// or `"boost"` (then `shmq` is Boost.Interprocess's figure).
+    pub peer: &'a str,
 }
 
 /// The last line of `bench`: the machine and what may have spoiled the run.

@@ -1024,6 +1024,150 @@ fn bench_quick_prints_the_table() {
 }
 
 #[test]
+fn bench_processes_run_each_placement_beside_the_kernel() {
+    let env = Env::new("bench-proc");
+    let mut rows = env.json(&[
+        "--json",
+        "bench",
+        "--shape",
+        "processes",
+        "--quick",
+        "--quiet",
+        "--reps",
+        "1",
+    ]);
+    let summary = rows.pop().unwrap();
+    assert_eq!(summary["type"], "bench-summary", "{summary}");
+    let cpus = summary["cpus"].as_u64().unwrap();
+    let cases: Vec<_> = rows.iter().map(|r| r["case"].as_str().unwrap()).collect();
+    let mut want = Vec::new();
+    let placements: &[&str] = if cpus > 1 {
+        &["before", "after", "unpinned"]
+    } else {
+        &["unpinned"]
+    };
+    for p in placements {
+        want.push(format!("proc-stream-10-{p}"));
+        want.push(format!("proc-stream-256-{p}"));
+        want.push(format!("proc-pingpong-{p}"));
+        want.push(format!("proc-pingpong-{p}-p99"));
+    }
+    for p in ["before", "after"] {
+        want.push(format!("proc-pingpong-1cpu-{p}"));
+        want.push(format!("proc-pingpong-1cpu-{p}-p99"));
+    }
+    want.push("proc-mpsc4-256-unpinned".into());
+    assert_eq!(cases, want);
+    for row in &rows {
+        assert_eq!(row["peer"], "rust-processes", "{row}");
+        assert!(row["shmq"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["csw_shmq"].as_f64().unwrap() >= 0.0, "{row}");
+        let (lo, hi) = (row["shmq_min"].as_f64(), row["shmq_max"].as_f64());
+        assert!(lo.unwrap() <= hi.unwrap(), "{row}");
+        if !row["kernel"].is_null() {
+            assert!(row["csw_kernel"].as_f64().unwrap() >= 0.0, "{row}");
+            assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row}");
+        }
+    }
+    assert!(
+        std::fs::read_dir(&env.dir).unwrap().next().is_none(),
+        "bench leaves no queue behind"
+    );
+
+    // The table: one row per case, the context switches beside the figures.
+    let r = env.run(&[
+        "bench",
+        "--shape",
+        "processes",
+        "--quick",
+        "--quiet",
+        "--reps",
+        "1",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let header = r.stdout.lines().find(|l| l.starts_with("CASE")).unwrap();
+    assert!(
+        header.contains("CS/MSG") && header.contains("RANGE"),
+        "{header}"
+    );
+    assert!(
+        r.stdout
+            .contains("processes: 4 producers -> 1 consumer, 64 B, depth 256, unpinned")
+    );
+    if cpus == 1 {
+        assert!(r.stdout.contains("cross-CPU cases"), "{}", r.stdout);
+    } else {
+        assert!(r.stdout.contains("pinned before open"), "{}", r.stdout);
+    }
+}
+
+#[test]
+fn bench_c_drives_the_program_through_each_door() {
+    let env = Env::new("bench-c");
+    // A stand-in for capi/bench/mqbench: no Boost; it says which door it
+    // was run through in its figure.
+    let prog = std::env::temp_dir().join(format!("fake-mqbench-{}", std::process::id()));
+    std::fs::write(
+        &prog,
+        "#!/bin/sh\n\
+         case \"$*\" in *'-a boost'*) echo 'no boost' >&2; exit 2;; esac\n\
+         v=100\n\
+         case \"$*\" in *'-a shmq'*) v=300;; esac\n\
+         [ -n \"$LD_PRELOAD\" ] && v=200\n\
+         echo \"$v 0 0.5 1000000\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let lib = std::env::temp_dir().join(format!("fake-preload-{}.so", std::process::id()));
+    std::fs::write(&lib, "").unwrap();
+    let mut rows = env.json(&[
+        "--json",
+        "bench",
+        "--shape",
+        "c",
+        "--quick",
+        "--quiet",
+        "--reps",
+        "1",
+        "--c-prog",
+        prog.to_str().unwrap(),
+        "--preload",
+        lib.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(&prog).unwrap();
+    std::fs::remove_file(&lib).unwrap();
+    rows.pop().unwrap();
+    assert!(!rows.is_empty());
+    for row in &rows {
+        let case = row["case"].as_str().unwrap();
+        let (door, want) = match row["peer"].as_str().unwrap() {
+            "c-api" => ("c-capi-", 300.0),
+            "drop-in" => ("c-dropin-", 200.0),
+            other => panic!("peer {other} in {row}"),
+        };
+        assert!(case.starts_with(door), "{row}");
+        assert_eq!(row["csw_shmq"].as_f64(), Some(0.5), "{row}");
+        if case.ends_with("-p99") {
+            continue;
+        }
+        assert_eq!(row["shmq"].as_f64(), Some(want), "{row}");
+        assert_eq!(row["kernel"].as_f64(), Some(100.0), "{row}");
+    }
+    assert!(rows.iter().any(|r| r["case"] == "c-capi-pair"));
+    assert!(
+        rows.iter()
+            .any(|r| r["case"] == "c-dropin-mpsc4-256-unpinned")
+    );
+
+    // Without the program, --shape c is an error.
+    let r = env.run(&["bench", "--shape", "c", "--quick"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--c-prog"), "{r:?}");
+    // The hidden peer command is not in the help.
+    assert!(!env.ok(&["--help"]).contains("bench-peer"));
+}
+
+#[test]
 fn broken_pipe_exits_quietly() {
     let env = Env::new("pipe");
     env.ok(&[

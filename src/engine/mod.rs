@@ -49,10 +49,11 @@ pub const DEFAULT_MSGSIZE: i64 = 8192;
 
 /// Adaptive spin before sleeping: the length doubles after a spin that
 /// ended with the condition true and halves after one that did not, down to
-/// nothing. Where spinning cannot succeed (the peer shares the CPU), it
-/// stops, except a probe every [`SPIN_PROBE_EVERY`] waits while the thread
-/// may run on more than one CPU. The longest spin outlasts a cross-CPU
-/// futex wake-up (25-30 µs on the development VM) by a wide margin.
+/// nothing, then a probe every [`SPIN_PROBE_EVERY`] waits. There is no spin
+/// at all while the peer was last seen on the caller's CPU (it cannot
+/// answer while we spin), nor on a machine with one CPU online. The longest
+/// spin outlasts a cross-CPU futex wake-up (25-30 µs on the development VM)
+/// by a wide margin.
 const SPIN_MAX_NS: u32 = 100_000;
 /// Below this, a spin is not worth starting.
 const SPIN_MIN_NS: u32 = 500;
@@ -115,6 +116,10 @@ pub struct Queue {
     file: File,
     /// This process's membership (see `member`), per incarnation.
     member: PerIncarnation<Member>,
+    /// The machine has more than one CPU online, so a spin can pay. Not
+    /// the opener's affinity: a process pinned to one CPU (under `taskset`,
+    /// or pinned after opening) has peers on other CPUs. Whether a given
+    /// wait spins depends on where the peer ran last (see `Queue::spin`).
     can_spin: bool,
     /// Changed by waiters: kept off the line of the fields every operation
     /// reads, which threads sharing this handle read all the time.
@@ -327,10 +332,11 @@ impl Queue {
     }
 
     /// The spin on a busy lock: it is held for tens of nanoseconds, so a
-    /// little spinning pays, unless spinning does not pay here at all.
+    /// little spinning pays, unless spinning does not pay here at all, or
+    /// the peer was last seen on this CPU.
     #[inline]
     fn lock_spin(&self) -> u32 {
-        if self.can_spin {
+        if self.can_spin && !self.tuning.peer_on_my_cpu.load(Relaxed) {
             self.tuning.spin_ns.load(Relaxed).min(LOCK_SPIN_NS)
         } else {
             0

@@ -125,7 +125,7 @@ impl Queue {
             key: sys::fstat_ids(file.as_raw_fd())?,
             file: File::from(sys::dup_cloexec(file.as_raw_fd())?),
             member: PerIncarnation::new(),
-            can_spin: sys::usable_cpus() > 1,
+            can_spin: sys::online_cpus() > 1,
             tuning: Tuning {
                 spin_ns: AtomicU32::new(SPIN_MAX_NS / 2),
                 probe: AtomicU32::new(0),

@@ -39,6 +39,15 @@ impl Queue {
     /// limit to the outcome.
     pub(super) fn spin(&self, side: Side) -> bool {
         let t = &self.tuning;
+        let r = self.region();
+        // Spinning pays only while the peer runs on another CPU: one that
+        // was last seen on ours cannot answer while we spin, whether or
+        // not either of us is pinned. The CPU number comes from the shared
+        // file: it only chooses between spinning and sleeping now, and the
+        // spin stays bounded either way.
+        if side.peer_on_cpu(r, sys::current_cpu_tag()) {
+            return false;
+        }
         let mut n = t.spin_ns.load(Relaxed);
         if n < SPIN_MIN_NS {
             if t.probe.fetch_add(1, Relaxed) % SPIN_PROBE_EVERY != 0 {
@@ -51,7 +60,6 @@ impl Queue {
             }
             n = SPIN_PROBE_NS;
         }
-        let r = self.region();
         let limit = Duration::from_nanos(u64::from(n));
         let start = Instant::now();
         loop {
@@ -98,8 +106,32 @@ impl Side {
     /// After a sleep on this side ended: whether the last waker ran on the
     /// caller's CPU (a hint, read without the lock).
     pub(super) fn woken_from_my_cpu(self, r: &Region) -> bool {
-        let waker = self.line(r).1.load(Relaxed);
-        waker != 0 && sys::current_cpu_tag() == waker
+        self.peer_on_cpu(r, sys::current_cpu_tag())
+    }
+
+    /// Whether the peers of this side's waiters (the ones that make it
+    /// ready: senders for `Recv`, receivers for `Send`) were last seen on
+    /// the CPU tagged `cpu` (see `sys::current_cpu_tag`; 0: unknown, never
+    /// a match). A hint read without the lock from the shared file: the
+    /// last waker of this side's sleepers, or the last peer that began to
+    /// wait itself (see [`Side::publish_cpu`]).
+    pub(super) fn peer_on_cpu(self, r: &Region, cpu: u32) -> bool {
+        cpu != 0 && self.line(r).1.load(Relaxed) == cpu
+    }
+
+    /// A caller about to wait on this side tells the waiters of the other
+    /// side, whose peer it is, which CPU it runs on (a store only when it
+    /// changed: the line is shared).
+    pub(super) fn publish_cpu(self, r: &Region) {
+        let cpu = sys::current_cpu_tag();
+        let other = match self {
+            Side::Recv => Side::Send,
+            Side::Send => Side::Recv,
+        };
+        let tag = &other.line(r).1;
+        if cpu != 0 && tag.load(Relaxed) != cpu {
+            tag.store(cpu, Relaxed);
+        }
     }
 
     /// Whether the condition holds (a hint without the lock).
@@ -320,6 +352,7 @@ impl Queue {
         }
         if !w.spun && self.can_spin {
             w.spun = true;
+            side.publish_cpu(r);
             g.unlocked(wait, || self.spin(side))?;
             return Ok(());
         }

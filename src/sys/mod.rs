@@ -366,9 +366,12 @@ impl Drop for SharedFlags {
     }
 }
 
-/// Number of CPUs this process may run on.
-pub fn usable_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+/// Number of CPUs online on the machine, whatever this thread's affinity
+/// (1 when unknown).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
 }
 
 /// The CPU the calling thread runs on, plus one, or 0 when unknown

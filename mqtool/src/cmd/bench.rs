@@ -8,12 +8,16 @@
 //! within the system's limits (`kernel`). The cost-vs-contents cases are
 //! shmq's alone, against the same pair on an empty queue.
 
+mod c;
 mod cpu;
 mod kernel;
+mod procs;
 mod svg;
 
+pub use procs::peer;
+
 use super::Ctx;
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, Shape};
 use crate::exit::{Exit, Failure, Outcome};
 use crate::output::{self, BenchJson, json_line};
 use kernel::KernelMq;
@@ -49,18 +53,25 @@ impl Endpoint for KernelMq {
 }
 
 /// One measurement: the figure (ns per operation, or messages per second),
-/// the 99th percentile of the individual times where there are some, and how
-/// long it took.
+/// the 99th percentile of the individual times where there are some, how
+/// long it took, and context switches per message (NaN when unknown).
 #[derive(Clone, Copy)]
 struct Measure {
     value: f64,
     p99: f64,
     elapsed: Duration,
+    csw: f64,
+}
+
+/// Context switches since `before` (see [`cpu::switches`]) per message.
+fn switches_per(before: u64, messages: u64) -> f64 {
+    cpu::switches().saturating_sub(before) as f64 / messages.max(1) as f64
 }
 
 /// Send + receive of `msg` in one thread, `iters` times: ns per pair.
 fn pair<Q: Endpoint>(q: &Q, msg: &[u8], iters: u64) -> io::Result<Measure> {
     let mut buf = vec![0u8; msg.len()];
+    let sw = cpu::switches();
     let t = Instant::now();
     for _ in 0..iters {
         q.send(std::hint::black_box(msg))?;
@@ -71,6 +82,7 @@ fn pair<Q: Endpoint>(q: &Q, msg: &[u8], iters: u64) -> io::Result<Measure> {
         value: elapsed.as_nanos() as f64 / iters as f64,
         p99: f64::NAN,
         elapsed,
+        csw: switches_per(sw, iters),
     })
 }
 
@@ -88,6 +100,7 @@ fn pair_at(q: &shmq::PosixMq, prio: u32, iters: u64) -> io::Result<Measure> {
         value: elapsed.as_nanos() as f64 / iters as f64,
         p99: f64::NAN,
         elapsed,
+        csw: f64::NAN,
     })
 }
 
@@ -107,6 +120,7 @@ fn ack_pair(q: &shmq::PosixMq, prio: u32, iters: u64) -> io::Result<Measure> {
         value: elapsed.as_nanos() as f64 / iters as f64,
         p99: f64::NAN,
         elapsed,
+        csw: f64::NAN,
     })
 }
 
@@ -153,6 +167,7 @@ fn ping_pong<Q: Endpoint>(
         }
         let mut buf = [0u8; SMALL];
         let mut rtt = Vec::with_capacity(usize::try_from(iters).unwrap_or(0).min(1 << 24));
+        let sw = cpu::switches();
         let start = Instant::now();
         let mut last = start;
         for _ in 0..iters {
@@ -174,6 +189,7 @@ fn ping_pong<Q: Endpoint>(
             value: median(&mut rtt),
             p99,
             elapsed,
+            csw: switches_per(sw, 2 * iters),
         })
     })
 }
@@ -185,6 +201,7 @@ fn stream<Q: Endpoint>(q: &Q, producers: u64, msg: &[u8], iters: u64) -> io::Res
     let total = each * producers;
     let mut buf = vec![0u8; msg.len()];
     std::thread::scope(|s| {
+        let sw = cpu::switches();
         let start = Instant::now();
         let threads: Vec<_> = (0..producers)
             .map(|_| {
@@ -213,6 +230,7 @@ fn stream<Q: Endpoint>(q: &Q, producers: u64, msg: &[u8], iters: u64) -> io::Res
             value: total as f64 / elapsed.as_secs_f64(),
             p99: f64::NAN,
             elapsed,
+            csw: switches_per(sw, total),
         })
     })
 }
@@ -334,6 +352,8 @@ struct Stat {
     p99: f64,
     values: Vec<f64>,
     p99s: Vec<f64>,
+    /// Median context switches per message (NaN when unknown).
+    csw: f64,
 }
 
 /// Settings of a run.
@@ -373,6 +393,7 @@ impl Plan {
         }
         let mut values = vec![Vec::new(); peers.len()];
         let mut p99s = vec![Vec::new(); peers.len()];
+        let mut csws = vec![Vec::new(); peers.len()];
         for rep in 0..self.reps {
             self.progress
                 .step(&format!("{label}: repetition {}/{}", rep + 1, self.reps));
@@ -385,16 +406,19 @@ impl Plan {
                 let m = run(iters[i]).map_err(|e| fail(name, e))?;
                 values[i].push(m.value);
                 p99s[i].push(m.p99);
+                csws[i].push(m.csw);
             }
         }
         Ok(values
             .into_iter()
             .zip(p99s)
-            .map(|(v, p)| Stat {
+            .zip(csws)
+            .map(|((v, p), mut c)| Stat {
                 value: median(&mut v.clone()),
                 p99: median(&mut p.clone()),
                 values: v,
                 p99s: p,
+                csw: median(&mut c),
             })
             .collect())
     }
@@ -417,6 +441,17 @@ struct Row {
     other_reps: Vec<f64>,
     kernel_depth: Option<i64>,
     notes: Vec<String>,
+    /// Context switches per message, shmq's (or the C peer's) and the
+    /// kernel's, when measured.
+    csw: Option<f64>,
+    kernel_csw: Option<f64>,
+    /// Whose figures `shmq` holds (see `BenchJson::peer`).
+    peer: &'static str,
+}
+
+/// A context-switch figure, if there is one.
+fn known(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
 }
 
 impl Row {
@@ -627,10 +662,13 @@ impl Bench {
             shmq: sv.value,
             kernel: kv.as_ref().map(|k| k.value),
             baseline: None,
+            csw: known(sv.csw),
+            kernel_csw: kv.as_ref().and_then(|k| known(k.csw)),
             shmq_reps: sv.values,
             other_reps: kv.map(|k| k.values).unwrap_or_default(),
             kernel_depth: None,
             notes: k.notes,
+            peer: "rust",
         });
         Ok(())
     }
@@ -666,11 +704,10 @@ impl Bench {
         Ok(())
     }
 
-    /// Ping-pong with both sides on one CPU, where spinning cannot help. shmq
-    /// decides whether to spin when a queue is opened, from the opening
-    /// thread's CPU affinity: the queue is opened by a thread already pinned
-    /// (as in a process started under `taskset`); and, for comparison, a
-    /// queue opened before pinning (shmq then believes it may spin).
+    /// Ping-pong with both sides on one CPU, where spinning cannot help: the
+    /// queue opened by a thread already pinned (as in a process started
+    /// under `taskset`), and a queue opened before pinning; shmq must see
+    /// at each wait that the peer shares the CPU, in both.
     fn ping_pong_one_cpu(&mut self, cpus: &[usize]) -> Result<(), Failure> {
         let Some(&a) = cpus.first() else {
             return Ok(());
@@ -732,7 +769,7 @@ impl Bench {
         if early.is_some() {
             notes.pop();
             notes.push(format!(
-                "late pinning: the shmq queue was opened before its threads were pinned to cpu{a}; shmq then still spins"
+                "late pinning: the shmq queue was opened before its threads were pinned to cpu{a}"
             ));
             self.push_ping_pong(
                 "pingpong-1cpu-late",
@@ -748,6 +785,19 @@ impl Bench {
     /// The median and p99 rows of a ping-pong case.
     fn push_ping_pong(
         &mut self,
+        case: &str,
+        label: &str,
+        shmq: Stat,
+        kernel: Option<Stat>,
+        notes: &[String],
+    ) {
+        self.push_ping_pong_of("rust", case, label, shmq, kernel, notes);
+    }
+
+    /// [`push_ping_pong`](Self::push_ping_pong) for the figures of `peer`.
+    fn push_ping_pong_of(
+        &mut self,
+        peer: &'static str,
         case: &str,
         label: &str,
         shmq: Stat,
@@ -784,6 +834,9 @@ impl Bench {
                 other_reps: k_reps.cloned().unwrap_or_default(),
                 kernel_depth: None,
                 notes: notes.to_vec(),
+                csw: known(shmq.csw),
+                kernel_csw: kernel.as_ref().and_then(|k| known(k.csw)),
+                peer,
             });
         }
     }
@@ -828,10 +881,13 @@ impl Bench {
             shmq: sv.value,
             kernel: kv.as_ref().map(|k| k.value),
             baseline: None,
+            csw: known(sv.csw),
+            kernel_csw: kv.as_ref().and_then(|k| known(k.csw)),
             shmq_reps: sv.values,
             other_reps: kv.map(|k| k.values).unwrap_or_default(),
             kernel_depth: k.mq.is_some().then_some(k.depth),
             notes: k.notes,
+            peer: "rust",
         });
         Ok(())
     }
@@ -888,6 +944,9 @@ impl Bench {
                 other_reps: stats[0].values.clone(),
                 kernel_depth: None,
                 notes: Vec::new(),
+                csw: None,
+                kernel_csw: None,
+                peer: "rust",
             });
         }
         Ok(())
@@ -895,6 +954,28 @@ impl Bench {
 }
 
 impl Bench {
+    /// The cases of threads in one process, through the Rust API.
+    fn threads(&mut self, cpus: &[usize]) -> Result<(), Failure> {
+        self.pair(SMALL)?;
+        for len in [16, 4096, 65536] {
+            self.pair(len)?;
+        }
+        self.ping_pong_across(cpus)?;
+        self.ping_pong_one_cpu(cpus)?;
+        for len in [SMALL, 16] {
+            for depth in [10, 256] {
+                self.stream(1, len, depth)?;
+            }
+        }
+        self.stream(1, 4096, 10)?;
+        self.stream(1, 4096, 256)?;
+        self.stream(1, 65536, 10)?;
+        self.stream(4, SMALL, 256)?;
+        self.stream(4, SMALL, 10)?;
+        self.cost_vs_contents()?;
+        self.ack_vs_plain()
+    }
+
     /// shmq alone: the pair with acknowledgement (send, pending receive,
     /// ack) against the plain pair, interleaved, on one empty queue.
     fn ack_vs_plain(&mut self) -> Result<(), Failure> {
@@ -914,10 +995,13 @@ impl Bench {
             shmq: stats[1].value,
             kernel: None,
             baseline: Some(stats[0].value),
+            csw: None,
+            kernel_csw: None,
             shmq_reps: stats[1].values.clone(),
             other_reps: stats[0].values.clone(),
             kernel_depth: None,
             notes: Vec::new(),
+            peer: "rust",
         });
         Ok(())
     }
@@ -947,24 +1031,31 @@ pub fn run(ctx: &Ctx, a: &BenchArgs) -> Outcome {
     };
     let cpus = cpu::allowed()
         .map_err(|e| Failure::plain(format!("bench: CPU affinity: {}", super::io_message(&e))))?;
-    b.pair(SMALL)?;
-    for len in [16, 4096, 65536] {
-        b.pair(len)?;
-    }
-    b.ping_pong_across(&cpus)?;
-    b.ping_pong_one_cpu(&cpus)?;
-    for len in [SMALL, 16] {
-        for depth in [10, 256] {
-            b.stream(1, len, depth)?;
+    let shapes: Vec<Shape> = if a.full {
+        let mut all = vec![Shape::Threads, Shape::Processes];
+        if a.c_prog.is_some() {
+            all.push(Shape::C);
         }
+        all
+    } else if a.shape.is_empty() {
+        vec![Shape::Threads]
+    } else {
+        a.shape.clone()
+    };
+    if shapes.contains(&Shape::C) && a.c_prog.is_none() {
+        return Err(Failure::plain(
+            "bench: --shape c needs --c-prog (make -C capi/bench builds it)",
+        ));
     }
-    b.stream(1, 4096, 10)?;
-    b.stream(1, 4096, 256)?;
-    b.stream(1, 65536, 10)?;
-    b.stream(4, SMALL, 256)?;
-    b.stream(4, SMALL, 10)?;
-    b.cost_vs_contents()?;
-    b.ack_vs_plain()?;
+    if shapes.contains(&Shape::Threads) {
+        b.threads(&cpus)?;
+    }
+    if shapes.contains(&Shape::Processes) {
+        b.processes(&cpus)?;
+    }
+    if let (true, Some(prog)) = (shapes.contains(&Shape::C), &a.c_prog) {
+        b.c_cases(prog, a.preload.as_deref(), &cpus)?;
+    }
     b.plan.progress.done();
     b.load_after = loadavg();
     if let Some(path) = &a.svg {
@@ -1015,6 +1106,13 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
                     ratio_min: range.map(|r| r.0),
                     ratio_max: range.map(|r| r.1),
                     spread: r.spread(),
+                    csw_shmq: r.csw,
+                    csw_kernel: r.kernel_csw,
+                    peer: r.peer,
+                    shmq_min: r.shmq_reps.iter().copied().reduce(f64::min),
+                    shmq_max: r.shmq_reps.iter().copied().reduce(f64::max),
+                    kernel_min: r.other_reps.iter().copied().reduce(f64::min),
+                    kernel_max: r.other_reps.iter().copied().reduce(f64::max),
                 },
             )?;
         }
@@ -1053,6 +1151,7 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
                 r.description.clone(),
                 r.unit.show(r.shmq, r.msg_len),
                 kernel,
+                csw_text(r),
                 ratio,
                 range_text(r),
             ]
@@ -1060,13 +1159,21 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
         .collect();
     output::table(
         &mut out,
-        &["CASE", ">SHMQ", ">KERNEL MQ", ">SPEED-UP", ">RANGE"],
+        &[
+            "CASE",
+            ">SHMQ",
+            ">KERNEL MQ",
+            ">CS/MSG",
+            ">SPEED-UP",
+            ">RANGE",
+        ],
         &versus,
     )?;
     writeln!(
         out,
-        "(speed-up: how many times faster shmq is than the kernel's mq, median;\n \
-         range: the lowest and highest speed-up over the repetitions)"
+        "(speed-up: how many times faster shmq (or the C row's peer) is than the kernel's mq, \
+         median;\n range: the lowest and highest speed-up over the repetitions; cs/msg: \
+         context switches per message, shmq/kernel, median)"
     )?;
     let alone: Vec<Vec<String>> = b
         .rows
@@ -1120,6 +1227,12 @@ fn report(ctx: &Ctx, b: &Bench) -> io::Result<()> {
     out.flush()
 }
 
+/// `0.01/1.00`: context switches per message, shmq's and the kernel's.
+fn csw_text(r: &Row) -> String {
+    let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    format!("{}/{}", show(r.csw), show(r.kernel_csw))
+}
+
 /// `0.95-1.30x`: the ratio's range over the repetitions.
 fn range_text(r: &Row) -> String {
     match r.ratio_range() {
@@ -1145,6 +1258,9 @@ mod tests {
             other_reps: kernel.to_vec(),
             kernel_depth: None,
             notes: Vec::new(),
+            csw: None,
+            kernel_csw: None,
+            peer: "rust",
         }
     }
 

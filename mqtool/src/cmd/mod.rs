@@ -42,6 +42,7 @@ pub fn run(cli: Cli) -> Outcome {
         Command::Purge(a) => purge::run(&ctx, a),
         Command::Watch(a) => watch::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
+        Command::BenchPeer(a) => bench::peer(&ctx, a),
         Command::Completions(a) => completions::run(a),
         Command::Man(a) => man::run(&ctx, a),
     }

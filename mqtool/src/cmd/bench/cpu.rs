@@ -1,5 +1,6 @@
 //! CPU affinity of the calling thread, through libc's
-//! `sched_{get,set}affinity` (pid 0: the calling thread only).
+//! `sched_{get,set}affinity` (pid 0: the calling thread only), and the
+//! process's context switches (`getrusage`).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -76,4 +77,21 @@ impl Drop for Pinned {
         // Nothing useful to do on failure: the thread keeps one CPU.
         let _ = set(&self.old);
     }
+}
+
+/// Context switches so far, voluntary and involuntary, of this process (all
+/// its threads) and of its children that have been waited for.
+pub fn switches() -> u64 {
+    let mut total = 0;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: rusage is a C struct of integers, for which all-zero bytes
+        // are a valid value.
+        let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `r` is valid for writes of one rusage.
+        if unsafe { libc::getrusage(who, &raw mut r) } == 0 {
+            total +=
+                u64::try_from(r.ru_nvcsw).unwrap_or(0) + u64::try_from(r.ru_nivcsw).unwrap_or(0);
+        }
+    }
+    total
 }

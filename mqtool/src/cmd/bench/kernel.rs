@@ -16,19 +16,25 @@ const MSG_MAX: &str = "/proc/sys/fs/mqueue/msg_max";
 /// The largest message size an unprivileged `mq_open` may ask for.
 const MSGSIZE_MAX: &str = "/proc/sys/fs/mqueue/msgsize_max";
 
-/// An open kernel queue, already unlinked: it disappears when dropped.
+/// An open kernel queue, already unlinked (it disappears when dropped), or
+/// still named for other processes to open (see [`create_fitted_named`]);
+/// then its name is removed when dropped.
 pub struct KernelMq {
     mqd: libc::mqd_t,
+    /// The name to unlink when dropped, for a queue left named.
+    named: Option<CString>,
 }
 
 impl KernelMq {
     /// `mq_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600, {maxmsg,
-    /// msgsize})`, then `mq_unlink(name)` so that nothing is left behind.
+    /// msgsize})`, then `mq_unlink(name)` so that nothing is left behind;
+    /// with `keep`, the name stays until the queue is dropped, for other
+    /// processes to open.
     ///
     /// # Errors
     /// As `mq_open`: EINVAL when `maxmsg` is over `fs.mqueue.msg_max`,
     /// EEXIST, EMFILE, ENOMEM …
-    pub fn create(name: &str, maxmsg: i64, msgsize: i64) -> io::Result<KernelMq> {
+    pub fn create(name: &str, maxmsg: i64, msgsize: i64, keep: bool) -> io::Result<KernelMq> {
         let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: mq_attr is a C struct of integers only, for which all-zero
         // bytes are a valid value.
@@ -45,12 +51,30 @@ impl KernelMq {
         if mqd == -1 {
             return Err(io::Error::last_os_error());
         }
-        let q = KernelMq { mqd };
+        if keep {
+            return Ok(KernelMq {
+                mqd,
+                named: Some(cname),
+            });
+        }
+        let q = KernelMq { mqd, named: None };
         // SAFETY: `cname` is NUL-terminated and outlives the call.
         if unsafe { libc::mq_unlink(cname.as_ptr()) } == -1 {
             return Err(io::Error::last_os_error());
         }
         Ok(q)
+    }
+
+    /// `mq_open(name, O_RDWR | O_CLOEXEC)`: a queue another process made.
+    pub fn open(name: &str) -> io::Result<KernelMq> {
+        let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `cname` is NUL-terminated and outlives the call; without
+        // O_CREAT mq_open reads no variadic argument.
+        let mqd = unsafe { libc::mq_open(cname.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if mqd == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(KernelMq { mqd, named: None })
     }
 
     /// `mq_send`, retried on EINTR.
@@ -97,6 +121,12 @@ impl Drop for KernelMq {
         unsafe {
             libc::mq_close(self.mqd);
         }
+        if let Some(name) = &self.named {
+            // SAFETY: `name` is NUL-terminated and outlives the call.
+            unsafe {
+                libc::mq_unlink(name.as_ptr());
+            }
+        }
     }
 }
 
@@ -133,16 +163,26 @@ pub enum Fit {
 /// # Errors
 /// As [`KernelMq::create`], for other errors.
 pub fn create_fitted(name: &str, maxmsg: i64, msgsize: i64) -> io::Result<Fit> {
+    fit(name, maxmsg, msgsize, false)
+}
+
+/// [`create_fitted`], leaving the queue named for other processes to open
+/// until it is dropped.
+pub fn create_fitted_named(name: &str, maxmsg: i64, msgsize: i64) -> io::Result<Fit> {
+    fit(name, maxmsg, msgsize, true)
+}
+
+fn fit(name: &str, maxmsg: i64, msgsize: i64, keep: bool) -> io::Result<Fit> {
     let mut depth = maxmsg;
     let mut why_less = None;
     let mut retries = 0;
     loop {
-        let err = match KernelMq::create(name, depth, msgsize) {
+        let err = match KernelMq::create(name, depth, msgsize, keep) {
             Ok(mq) => return Ok(Fit::Made(fitted(mq, maxmsg, depth, why_less, Vec::new()))),
             Err(e) => e,
         };
         match err.raw_os_error() {
-            Some(libc::EINVAL) => match raised_for_open(name, depth, msgsize) {
+            Some(libc::EINVAL) => match raised_for_open(name, depth, msgsize, keep) {
                 Raise::Made(mq, notes) => {
                     return Ok(Fit::Made(fitted(mq, maxmsg, depth, why_less, notes)));
                 }
@@ -244,7 +284,7 @@ fn sysctl_name(path: &Path) -> String {
 
 /// `mq_open` with `fs.mqueue.msg_max` and `msgsize_max` raised as needed for
 /// that call only.
-fn raised_for_open(name: &str, depth: i64, msgsize: i64) -> Raise {
+fn raised_for_open(name: &str, depth: i64, msgsize: i64, keep: bool) -> Raise {
     // Declared first, dropped last: the limits are restored before the lock
     // and the signals are let go.
     let _critical = Critical::enter();
@@ -280,7 +320,7 @@ fn raised_for_open(name: &str, depth: i64, msgsize: i64) -> Raise {
     if raised.is_empty() {
         return Raise::Retry;
     }
-    let q = KernelMq::create(name, depth, msgsize);
+    let q = KernelMq::create(name, depth, msgsize, keep);
     let mut notes = Vec::new();
     let mut unrestored = Vec::new();
     for r in raised {

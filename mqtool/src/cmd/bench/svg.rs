@@ -305,6 +305,9 @@ mod tests {
             other_reps: kernel.map(|k| vec![k, k * 1.5]).unwrap_or_default(),
             kernel_depth: None,
             notes: Vec::new(),
+            csw: None,
+            kernel_csw: None,
+            peer: "rust",
         }
     }
 
