@@ -79,17 +79,35 @@ struct SleepLock {
     busy: AtomicU32,
 }
 
-/// Takes this process's record locks again when dropped (see
-/// [`Member::records_lost`]): a field after the descriptor of a queue file,
-/// or a local declared before one.
+/// Takes this process's record lock on a queue file again when dropped
+/// (see [`Member::records_lost`]): a field after a descriptor of the file,
+/// or a local declared before one (its file set once known).
 #[derive(Debug, Default)]
-pub struct Relock;
+pub struct Relock(Option<(u64, u64)>);
+
+impl Relock {
+    /// For the file with this `(device, inode)`.
+    pub fn new(key: (u64, u64)) -> Relock {
+        Relock(Some(key))
+    }
+
+    /// For the file with this `(device, inode)`, from now on.
+    pub fn set(&mut self, key: (u64, u64)) {
+        self.0 = Some(key);
+    }
+}
 
 impl Drop for Relock {
     fn drop(&mut self) {
-        Member::records_lost();
+        if let Some(key) = self.0 {
+            Member::records_lost(key);
+        }
     }
 }
+
+/// A [`Member::records_lost`] gave up on the registry (held by a join in
+/// progress): the join takes every record again before it lets go.
+static RECORDS_UNSURE: AtomicBool = AtomicBool::new(false);
 
 /// Which condition: receivers waiting for a message, senders for room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,18 +176,24 @@ impl Member {
         });
         m.record();
         reg.push((key, Arc::downgrade(&m)));
+        if RECORDS_UNSURE.swap(false, Relaxed) {
+            for m in reg.iter().filter_map(|(_, w)| w.upgrade()) {
+                if m.incarnation == inc {
+                    m.record();
+                }
+            }
+        }
         Ok(m)
     }
 
-    /// The process may have lost its record locks (it closed a descriptor
-    /// of a queue file): takes them again for every member of this
-    /// incarnation.
-    pub fn records_lost() {
+    /// The process may have lost its record lock on the queue file
+    /// `(device, inode)` (it closed a descriptor of it): takes it again for
+    /// this incarnation's member of that file, if any.
+    pub fn records_lost(key: (u64, u64)) {
         let inc = live::incarnation();
         // Not `lock`: a close in a signal handler that interrupted a join
         // must not wait for it. A join in another thread is waited for
-        // briefly; past that, the records stay lost (the check they serve
-        // then waits for the member, as without them).
+        // briefly; past that, the join takes every record again itself.
         let mut reg = None;
         for _ in 0..1000 {
             reg = REGISTRY.try_lock();
@@ -178,11 +202,16 @@ impl Member {
             }
             std::thread::yield_now();
         }
-        let Some(reg) = reg else { return };
-        let live: Vec<Arc<Member>> = reg.iter().filter_map(|(_, w)| w.upgrade()).collect();
-        drop(reg);
-        for m in live.iter().filter(|m| m.incarnation == inc) {
-            m.record();
+        let Some(reg) = reg else {
+            RECORDS_UNSURE.store(true, Relaxed);
+            return;
+        };
+        for (k, w) in reg.iter() {
+            if *k == key {
+                if let Some(m) = w.upgrade().filter(|m| m.incarnation == inc) {
+                    m.record();
+                }
+            }
         }
     }
 
@@ -242,16 +271,22 @@ impl Member {
     }
 
     /// Whether member `id`'s record shows a process of this pid namespace
-    /// that has no thread `tid`. Unknown (no record, another namespace, a
-    /// holder the kernel does not show) is false.
+    /// that has no thread `tid`. Unknown (no record, another namespace) is
+    /// false. Only the one byte that a member of this namespace records is
+    /// asked about: a lock elsewhere in the member's range changes nothing.
+    /// A lock there that no honest member takes (a description's lock, or
+    /// a process this namespace cannot see, which cannot be of it) was put
+    /// there to hide the member's record: the file is forged, and the
+    /// thread is taken for gone, as a word naming no member would be.
     fn not_a_thread_of(&self, id: u32, tid: u32) -> bool {
         let Some(ns) = self.pid_ns else { return false };
         if id >= RECORDED {
             return false;
         }
-        let base = RECORD + (u64::from(id) << 32);
-        match live::record_holder(self.fd.raw(), base, 1 << 32) {
-            Ok(Some((at, pid))) if at == base + u64::from(ns) => live::not_a_thread_of(pid, tid),
+        let at = RECORD + (u64::from(id) << 32) + u64::from(ns);
+        match live::record_holder(self.fd.raw(), at, 1) {
+            Ok(Some((_, pid))) if pid <= 0 => true,
+            Ok(Some((_, pid))) => live::not_a_thread_of(pid, tid),
             _ => false,
         }
     }

@@ -136,6 +136,36 @@ fn forgery_child() {
             std::io::stdout().flush().unwrap();
             let _ = std::io::stdin().lines().count();
         }
+        "squat" => {
+            // Takes a lock (a description's, or the process's) on a range
+            // of the queue file, and keeps it until stdin closes.
+            let path = std::env::var("FORGE_PATH").unwrap();
+            let start: u64 = std::env::var("SQUAT_START").unwrap().parse().unwrap();
+            let len: u64 = std::env::var("SQUAT_LEN").unwrap().parse().unwrap();
+            let ofd = std::env::var("SQUAT_OFD").is_ok();
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap();
+            // SAFETY: flock is plain data; zero is valid for every field.
+            let mut l: libc::flock = unsafe { std::mem::zeroed() };
+            l.l_type = libc::F_WRLCK as _;
+            l.l_whence = libc::SEEK_SET as _;
+            l.l_start = start as _;
+            l.l_len = len as _;
+            let cmd = if ofd {
+                libc::F_OFD_SETLK
+            } else {
+                libc::F_SETLK
+            };
+            // SAFETY: a valid descriptor and flock.
+            let r = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), cmd, &l) };
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            println!("@@ready");
+            std::io::stdout().flush().unwrap();
+            let _ = std::io::stdin().lines().count();
+        }
         r => panic!("unknown role {r}"),
     }
 }
@@ -879,4 +909,71 @@ fn a_holder_in_another_pid_namespace_is_waited_for() {
     f.raw.set_lock_owner(0, 0);
     f.q.send(1, b"after").unwrap();
     finish(c, "member");
+}
+
+/// The range where member 2 of a process in this pid namespace records
+/// itself (see `member.rs`): its first byte, and the byte it locks.
+fn record_of_member_2() -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/pid").unwrap().ino();
+    let base = (4u64 << 60) + (2u64 << 32);
+    (base, base + ns)
+}
+
+/// A process that takes a lock where member 2 records itself, before it
+/// joins (so that its record fails) or around its byte, does not bring
+/// back the wait for a thread that member 2 does not have: a lock there
+/// that no honest member would take is forgery, and a record that names
+/// another process names a process without that thread.
+#[test]
+fn a_squatted_record_does_not_hide_a_missing_thread() {
+    let (base, at) = record_of_member_2();
+    let cases: [(&str, u64, u64, bool); 4] = [
+        (
+            "a description's lock over the whole range",
+            base,
+            1 << 32,
+            true,
+        ),
+        (
+            "a process's lock over the whole range",
+            base,
+            1 << 32,
+            false,
+        ),
+        ("a process's lock on the very byte", at, 1, false),
+        ("a description's lock below the byte", base, at - base, true),
+    ];
+    for (i, (what, start, len, ofd)) in cases.into_iter().enumerate() {
+        let f = fixture(&format!("lock-squat-{i}"));
+        let mut cmd = common::child(CHILD_TEST, "squat", &f.dir);
+        cmd.env("FORGE_PATH", f.q.path())
+            .env("SQUAT_START", start.to_string())
+            .env("SQUAT_LEN", len.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        if ofd {
+            cmd.env("SQUAT_OFD", "1");
+        }
+        let mut squat = cmd.spawn().unwrap();
+        assert_eq!(await_line(&mut squat), "ready", "{what}");
+        let mut m = common::child(CHILD_TEST, "member", &f.dir)
+            .env("FORGE_NAME", "/lock")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert_eq!(await_line(&mut m), "ready", "{what}");
+        assert_eq!(f.raw.u32(off::NEXT_MEMBER).load(Relaxed), 2, "{what}");
+        f.raw.set_lock_owner(2, NO_SUCH_TID);
+        let q = f.q.clone();
+        let (r, took) = within(what, Duration::from_secs(10), move || {
+            q.send_timeout(1, b"m", Duration::from_secs(5))
+                .map_err(|e| e.to_string())
+        });
+        assert!(r.is_ok(), "{what}: {r:?}");
+        assert!(took < Duration::from_secs(1), "{what}: took {took:?}");
+        finish(m, "member");
+        finish(squat, "squat");
+    }
 }

@@ -116,13 +116,14 @@ impl Queue {
         // several threads, registering waits for the kernel (10-20 ms).
         mutex::register_process();
         let geo = map.region().geometry();
+        let key = sys::fstat_ids(file.as_raw_fd())?;
         let q = Queue {
             map,
             geo,
             path,
             name: name.to_vec(),
             file_info,
-            key: sys::fstat_ids(file.as_raw_fd())?,
+            key,
             file: File::from(sys::dup_cloexec(file.as_raw_fd())?),
             member: PerIncarnation::new(),
             can_spin: sys::online_cpus() > 1,
@@ -134,7 +135,7 @@ impl Queue {
                 peer_on_my_cpu: AtomicBool::new(false),
                 pending_scan: AtomicU64::new(0),
             },
-            _relock: Relock,
+            _relock: Relock::new(key),
         };
         q.member()?;
         Ok(q)
@@ -150,10 +151,10 @@ impl Queue {
 impl Handle {
     /// `mq_open`.
     pub fn open(req: &OpenRequest<'_>) -> Result<Handle> {
-        // Dropped last: descriptors closed on the way out (an error, or a
-        // second opening of a file this process uses) dropped its record
-        // locks on the file.
-        let _relock = Relock;
+        // Dropped last: a descriptor closed on the way out (an error) drops
+        // this process's record lock on the file, which another handle of
+        // it may need.
+        let mut relock = Relock::default();
         let fname = crate::name::file_name(req.name)?;
         let dir = QueueDir::open(req.dir, req.create)?;
         let path = dir.path.join(fname);
@@ -166,6 +167,9 @@ impl Handle {
         loop {
             match sys::open_existing(dir.fd(), fname) {
                 Ok(file) => {
+                    if let Ok(key) = sys::fstat_ids(file.as_raw_fd()) {
+                        relock.set(key);
+                    }
                     if req.create && req.exclusive {
                         return Err(Error::Os(Errno::EEXIST));
                     }
@@ -254,6 +258,7 @@ impl Handle {
         nonblock: bool,
     ) -> Result<Handle> {
         let flags = SharedFlags::new(if nonblock { FLAG_NONBLOCK } else { 0 })?;
+        let key = q.key;
         Ok(Handle {
             fd: file.into(),
             desc: Arc::new(Description {
@@ -262,7 +267,7 @@ impl Handle {
                 read,
                 write,
             }),
-            _relock: Relock,
+            _relock: Relock::new(key),
         })
     }
 
@@ -282,7 +287,7 @@ impl Handle {
         Ok(Handle {
             fd: sys::dup_cloexec(self.fd.as_raw_fd())?,
             desc: self.desc.clone(),
-            _relock: Relock,
+            _relock: Relock::new(self.desc.queue.key),
         })
     }
 
@@ -292,7 +297,7 @@ impl Handle {
         Handle {
             fd,
             desc: self.desc.clone(),
-            _relock: Relock,
+            _relock: Relock::new(self.desc.queue.key),
         }
     }
 
@@ -337,8 +342,9 @@ pub fn open_for_inspection(name: &[u8], dir: Option<&Path>) -> Result<Queue> {
 
 /// [`open_for_inspection`] in a directory already open.
 pub(crate) fn open_for_inspection_in(dir: &QueueDir, name: &[u8]) -> Result<Queue> {
-    // Dropped last, after `file` (see `Handle::open`).
-    let _relock = Relock;
+    // Dropped last, after `file`, which is closed on the way out (see
+    // `Handle::open`).
+    let mut relock = Relock::default();
     let fname = crate::name::file_name(name)?;
     let file = sys::open_existing(dir.fd(), fname).map_err(|e| match e {
         Errno::ELOOP | Errno::ENXIO | Errno::EISDIR => {
@@ -346,6 +352,9 @@ pub(crate) fn open_for_inspection_in(dir: &QueueDir, name: &[u8]) -> Result<Queu
         }
         e => Error::Os(e),
     })?;
+    if let Ok(key) = sys::fstat_ids(file.as_raw_fd()) {
+        relock.set(key);
+    }
     Queue::open_file(&file, dir.path.join(fname), name)
 }
 

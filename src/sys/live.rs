@@ -453,6 +453,21 @@ pub fn record_holder(fd: RawFd, start: u64, len: u64) -> Result<Option<(u64, i32
 /// of); `None` when that cannot be read (no `/proc`).
 pub fn pid_namespace() -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    const PATH: &std::ffi::CStr = c"/proc/self/ns/pid";
+    // Only the kernel's own namespace file counts, not whatever a mount
+    // put at that path.
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: a valid C string, and storage the kernel fills on success.
+    if unsafe { libc::statfs(PATH.as_ptr(), fs.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast, reason = "f_type's width differs by target")]
+    // SAFETY: filled by the successful statfs.
+    let f_type = unsafe { fs.assume_init() }.f_type as i64;
+    if f_type != NSFS_MAGIC {
+        return None;
+    }
     let ino = std::fs::metadata("/proc/self/ns/pid").ok()?.ino();
     u32::try_from(ino).ok().filter(|&i| i != 0)
 }
