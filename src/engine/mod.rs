@@ -351,10 +351,52 @@ impl Queue {
     /// its last owner died.
     #[inline(always)]
     pub fn lock_with(&self, wait: &Wait<'_>) -> Result<Guard<'_>> {
+        self.lock_lazily(|| *wait)
+    }
+
+    /// [`lock_with`](Self::lock_with), with the `Wait` made only if the
+    /// lock is busy. The incarnation is read once, for this process's
+    /// membership and for the thread's own cache (a forked child must use
+    /// neither of its parent's).
+    #[inline(always)]
+    pub(super) fn lock_lazily<'w>(&self, wait: impl FnOnce() -> Wait<'w>) -> Result<Guard<'_>> {
+        let inc = sys::live::incarnation();
+        let Some(m) = self.member.get_in(inc) else {
+            return self.lock_joining(&wait());
+        };
+        match mutex::try_lock(self.region(), m.id(), inc) {
+            Ok(held) => Ok(Guard { q: self, held }),
+            Err(busy) => self.lock_busy(m, busy, &wait()),
+        }
+    }
+
+    /// [`lock_with`](Self::lock_with) in a process that is no member yet
+    /// (a forked child): joins first.
+    #[cold]
+    #[inline(never)]
+    fn lock_joining(&self, wait: &Wait<'_>) -> Result<Guard<'_>> {
         let m = self.member()?;
-        let r = self.region();
         let alive = |id: u32, tid: u32| m.thread_alive(id, tid);
-        match mutex::lock(r, m.id(), self.lock_spin(), wait, &alive) {
+        let res = mutex::lock(self.region(), m.id(), self.lock_spin(), wait, &alive);
+        self.locked(m, res)
+    }
+
+    /// The rest of [`lock_with`](Self::lock_with) when the first attempt
+    /// found the lock busy.
+    #[cold]
+    #[inline(never)]
+    fn lock_busy(&self, m: &Member, busy: mutex::Busy, wait: &Wait<'_>) -> Result<Guard<'_>> {
+        let alive = |id: u32, tid: u32| m.thread_alive(id, tid);
+        let res = mutex::lock_busy(self.region(), busy, self.lock_spin(), wait, &alive);
+        self.locked(m, res)
+    }
+
+    fn locked(
+        &self,
+        m: &Member,
+        res: std::result::Result<(Acquired, mutex::Held), LockError>,
+    ) -> Result<Guard<'_>> {
+        match res {
             Ok((Acquired::Clean, held)) => Ok(Guard { q: self, held }),
             Ok((Acquired::OwnerDied, held)) => self.recover(m, held),
             Err(e) => Err(lock_error(e)),

@@ -132,13 +132,15 @@ impl Description {
         }
         let r = q.region();
         let h = r.header();
-        let wait = self.wait(deadline, cancel_poll);
         let _resuming = cancel_poll.then(super::wait::Resuming::new);
-        let mut g = q.lock_with(&wait)?;
+        let mut g = q.lock_lazily(|| self.wait(deadline, cancel_poll))?;
         let mut attempts = 0;
         let idx = match queue::alloc(r) {
             Ok(Some(idx)) => idx,
-            _ => self.acquire(&mut g, Side::Send, &wait, &mut attempts, queue::alloc)?,
+            _ => {
+                let wait = self.wait(deadline, cancel_poll);
+                self.acquire(&mut g, Side::Send, &wait, &mut attempts, queue::alloc)?
+            }
         };
         if msg.len() <= INLINE_MAX {
             r.write_payload(idx, msg);
@@ -255,17 +257,19 @@ impl Description {
         }
         let r = q.region();
         let h = r.header();
-        let wait = self.wait(deadline, cancel_poll);
         let _resuming = cancel_poll.then(super::wait::Resuming::new);
-        let mut g = q.lock_with(&wait)?;
+        let mut g = q.lock_lazily(|| self.wait(deadline, cancel_poll))?;
         let mut attempts = 0;
         let last = &q.tuning.last_prio;
         let guess = last.load(Relaxed);
         let (idx, prio, len) = match queue::pop_front(r, guess) {
             Ok(Some(found)) => found,
-            _ => self.acquire(&mut g, Side::Recv, &wait, &mut attempts, |r| {
-                queue::pop_front(r, guess)
-            })?,
+            _ => {
+                let wait = self.wait(deadline, cancel_poll);
+                self.acquire(&mut g, Side::Recv, &wait, &mut attempts, |r| {
+                    queue::pop_front(r, guess)
+                })?
+            }
         };
         if prio != guess {
             last.store(prio, Relaxed);

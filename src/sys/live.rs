@@ -314,9 +314,17 @@ impl<T> Drop for ForkGuard<'_, T> {
 /// dropped, since references to them may still be around.
 #[derive(Debug)]
 pub struct PerIncarnation<T> {
-    current: AtomicPtr<T>,
-    incarnation: AtomicU64,
-    all: ForkLock<Vec<std::sync::Arc<T>>>,
+    /// The last entry set, null: none. Entries never change once
+    /// published, so one load gives a value and its incarnation together.
+    current: AtomicPtr<Entry<T>>,
+    #[allow(clippy::vec_box, reason = "entries must not move: readers hold them")]
+    all: ForkLock<Vec<Box<Entry<T>>>>,
+}
+
+#[derive(Debug)]
+struct Entry<T> {
+    incarnation: u64,
+    value: std::sync::Arc<T>,
 }
 
 impl<T> PerIncarnation<T> {
@@ -324,7 +332,6 @@ impl<T> PerIncarnation<T> {
     pub fn new() -> PerIncarnation<T> {
         PerIncarnation {
             current: AtomicPtr::new(std::ptr::null_mut()),
-            incarnation: AtomicU64::new(0),
             // A child keeps the parent's values alive: references to them
             // may still be around.
             all: ForkLock::keeping(Vec::new()),
@@ -334,31 +341,36 @@ impl<T> PerIncarnation<T> {
     /// The value set in this incarnation.
     #[inline]
     pub fn get(&self) -> Option<&T> {
+        self.get_in(incarnation())
+    }
+
+    /// The value set in `incarnation`, the current one (read by the
+    /// caller, who may need it for other caches too).
+    #[inline(always)]
+    pub fn get_in(&self, incarnation: u64) -> Option<&T> {
         let p = self.current.load(Acquire);
-        if p.is_null()
-            || self.incarnation.load(Acquire) != incarnation()
-            || self.current.load(Acquire) != p
-        {
+        if p.is_null() {
             return None;
         }
-        // SAFETY: p came from an Arc kept in `all` until self is dropped,
-        // and the reference cannot outlive self.
-        Some(unsafe { &*p })
+        // SAFETY: p came from a box kept in `all` until self is dropped,
+        // never changed after it was published, and the reference cannot
+        // outlive self.
+        let e = unsafe { &*p };
+        (e.incarnation == incarnation).then(|| &*e.value)
     }
 
     /// Sets the value for this incarnation (keeping any earlier one alive)
     /// and returns it.
     pub fn set(&self, v: std::sync::Arc<T>) -> &T {
-        let p = std::sync::Arc::as_ptr(&v) as *mut T;
         let mut all = self.all.lock();
-        all.push(v);
-        // Cleared first: a reader never pairs the new incarnation with the
-        // old pointer.
-        self.incarnation.store(0, Release);
+        all.push(Box::new(Entry {
+            incarnation: incarnation(),
+            value: v,
+        }));
+        let p = &**all.last().expect("just pushed") as *const Entry<T> as *mut Entry<T>;
         self.current.store(p, Release);
-        self.incarnation.store(incarnation(), Release);
-        // SAFETY: as in `get`.
-        unsafe { &*p }
+        // SAFETY: as in `get_in`.
+        unsafe { &(*p).value }
     }
 }
 
