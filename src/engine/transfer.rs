@@ -78,7 +78,7 @@ impl Description {
         side: Side,
         wait: &Wait<'_>,
         attempts: &mut u32,
-        mut take: impl FnMut(&Region) -> queue::QResult<Option<T>>,
+        mut take: impl FnMut(&'q Region) -> queue::QResult<Option<T>>,
     ) -> Result<T> {
         let q = &self.queue;
         let mut w = Waiting::new(wait.cancel_poll);
@@ -135,22 +135,27 @@ impl Description {
         let _resuming = cancel_poll.then(super::wait::Resuming::new);
         let mut g = q.lock_lazily(|| self.wait(deadline, cancel_poll))?;
         let mut attempts = 0;
-        let idx = match queue::alloc(r) {
-            Ok(Some(idx)) => idx,
+        let slot = match queue::alloc(r) {
+            Ok(Some(slot)) => slot,
             _ => {
                 let wait = self.wait(deadline, cancel_poll);
                 self.acquire(&mut g, Side::Send, &wait, &mut attempts, queue::alloc)?
             }
         };
         if msg.len() <= INLINE_MAX {
-            r.write_payload(idx, msg);
+            slot.write(msg);
         } else {
-            self.copy_outside(&mut g, idx, SLOT_WRITING, &mut attempts, deadline, || {
-                r.write_payload(idx, msg)
-            })?;
+            self.copy_outside(
+                &mut g,
+                slot.idx(),
+                SLOT_WRITING,
+                &mut attempts,
+                deadline,
+                || slot.write(msg),
+            )?;
         }
         let was_empty = h.lock.curmsgs.load(Relaxed) == 0;
-        if let Err(c) = queue::enqueue(r, idx, prio, msg.len()) {
+        if let Err(c) = queue::enqueue(r, slot, prio, msg.len()) {
             q.repair(&g, c, &mut attempts)?;
             return Err(Error::Corrupted(c.0.into()));
         }
@@ -262,7 +267,7 @@ impl Description {
         let mut attempts = 0;
         let last = &q.tuning.last_prio;
         let guess = last.load(Relaxed);
-        let (idx, prio, len) = match queue::pop_front(r, guess) {
+        let (slot, prio, len) = match queue::pop_front(r, guess) {
             Ok(Some(found)) => found,
             _ => {
                 let wait = self.wait(deadline, cancel_poll);
@@ -275,16 +280,18 @@ impl Description {
             last.store(prio, Relaxed);
         }
         if len <= INLINE_MAX {
-            r.read_payload(idx, &mut buf[..len]);
+            slot.read(&mut buf[..len]);
         } else {
-            self.copy_outside(&mut g, idx, SLOT_READING, &mut attempts, deadline, || {
-                r.read_payload(idx, &mut buf[..len])
-            })?;
+            self.copy_outside(
+                &mut g,
+                slot.idx(),
+                SLOT_READING,
+                &mut attempts,
+                deadline,
+                || slot.read(&mut buf[..len]),
+            )?;
         }
-        if let Err(c) = queue::release(r, idx) {
-            q.repair(&g, c, &mut attempts)?;
-            return Err(Error::Corrupted(c.0.into()));
-        }
+        queue::release_slot(r, slot);
         h.received.a.add(1);
         let wake = g.prepare_wake(Side::Send);
         drop(g);
@@ -316,10 +323,10 @@ impl Description {
         let g = q.lock().expect("lock");
         match stage {
             Stage::MidSend => {
-                if let Ok(Some(idx)) = queue::alloc(r) {
+                if let Ok(Some(slot)) = queue::alloc(r) {
                     let half = vec![0xee; q.geo.msgsize / 2];
-                    r.write_payload(idx, &half);
-                    r.slot(idx).expect("valid").prio.store(1, Relaxed);
+                    slot.write(&half);
+                    slot.prio.store(1, Relaxed);
                 }
             }
             Stage::MidReceive => {
