@@ -29,7 +29,11 @@ use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64};
 
 /// The page whose first word holds this process's incarnation (never 0);
 /// the kernel gives a child a zero page in its place (`MADV_WIPEONFORK`).
-static PAGE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// Until the page is mapped, [`UNSET`]: a zero word too, so that one test
+/// of the word covers both.
+static PAGE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::addr_of!(UNSET).cast_mut());
+/// The word [`PAGE`] points to before the page is mapped: always 0.
+static UNSET: AtomicU64 = AtomicU64::new(0);
 /// The last incarnation handed out by this process (copied into children,
 /// which hand out the next one).
 static LAST: AtomicU64 = AtomicU64::new(0);
@@ -42,13 +46,11 @@ static SETUP: Once = Once::new();
 #[inline]
 pub fn incarnation() -> u64 {
     let p = PAGE.load(Acquire);
-    if !p.is_null() {
-        // SAFETY: a non-null PAGE points into a page mapped for the life of
-        // the process.
-        let v = unsafe { (*p).load(Relaxed) };
-        if v != 0 {
-            return v;
-        }
+    // SAFETY: PAGE points to UNSET or into a page mapped for the life of
+    // the process.
+    let v = unsafe { (*p).load(Relaxed) };
+    if v != 0 {
+        return v;
     }
     new_incarnation()
 }
@@ -93,10 +95,8 @@ fn new_incarnation() -> u64 {
 extern "C" fn after_fork_in_child() {
     // Async-signal-safe work only: an atomic store and close().
     let p = PAGE.load(Relaxed);
-    if !p.is_null() {
-        // SAFETY: as in `incarnation`.
-        unsafe { (*p).store(0, Relaxed) };
-    }
+    // SAFETY: as in `incarnation` (UNSET only ever holds 0).
+    unsafe { (*p).store(0, Relaxed) };
     close_inherited();
 }
 
