@@ -104,7 +104,7 @@ impl Description {
     /// without limit (subject to `O_NONBLOCK`).
     #[inline]
     pub fn send(&self, prio: u32, msg: &[u8], deadline: Option<&libc::timespec>) -> Result<()> {
-        self.send_with(prio, msg, deadline, false)
+        self.send_polling::<false>(prio, msg, deadline)
     }
 
     /// [`send`](Description::send); with `cancel_poll`, a wait is cut
@@ -116,6 +116,22 @@ impl Description {
         msg: &[u8],
         deadline: Option<&libc::timespec>,
         cancel_poll: bool,
+    ) -> Result<()> {
+        if cancel_poll {
+            self.send_polling::<true>(prio, msg, deadline)
+        } else {
+            self.send_polling::<false>(prio, msg, deadline)
+        }
+    }
+
+    /// [`send_with`](Description::send_with), `cancel_poll` known at
+    /// compile time: a caller that never polls carries no trace of it.
+    #[inline]
+    fn send_polling<const CANCEL_POLL: bool>(
+        &self,
+        prio: u32,
+        msg: &[u8],
+        deadline: Option<&libc::timespec>,
     ) -> Result<()> {
         if let Some(d) = deadline {
             check_timespec(d)?;
@@ -130,9 +146,29 @@ impl Description {
         if msg.len() > q.geo.msgsize {
             return Err(Error::Os(Errno::EMSGSIZE));
         }
+        // Only in the instance that polls: a value of an Option here stays
+        // on the stack, and is tested, even where it is always None.
+        if CANCEL_POLL {
+            let _resuming = super::wait::Resuming::new();
+            self.send_checked(prio, msg, deadline, true)
+        } else {
+            self.send_checked(prio, msg, deadline, false)
+        }
+    }
+
+    /// The rest of [`send_polling`](Description::send_polling), once the
+    /// arguments passed.
+    #[inline(always)]
+    fn send_checked(
+        &self,
+        prio: u32,
+        msg: &[u8],
+        deadline: Option<&libc::timespec>,
+        cancel_poll: bool,
+    ) -> Result<()> {
+        let q = &self.queue;
         let r = q.region();
         let h = r.header();
-        let _resuming = cancel_poll.then(super::wait::Resuming::new);
         let mut g = q.lock_lazily(|| self.wait(deadline, cancel_poll))?;
         let mut attempts = 0;
         let slot = match queue::alloc(r) {
@@ -232,7 +268,7 @@ impl Description {
         buf: &mut [u8],
         deadline: Option<&libc::timespec>,
     ) -> Result<(usize, u32)> {
-        self.receive_with(buf, deadline, false)
+        self.receive_polling::<false>(buf, deadline)
     }
 
     /// [`receive`](Description::receive); `cancel_poll` as for
@@ -250,6 +286,21 @@ impl Description {
         deadline: Option<&libc::timespec>,
         cancel_poll: bool,
     ) -> Result<(usize, u32)> {
+        if cancel_poll {
+            self.receive_polling::<true>(buf, deadline)
+        } else {
+            self.receive_polling::<false>(buf, deadline)
+        }
+    }
+
+    /// [`receive_with`](Description::receive_with), `cancel_poll` known at
+    /// compile time (see [`send_polling`](Description::send_polling)).
+    #[inline]
+    fn receive_polling<const CANCEL_POLL: bool>(
+        &self,
+        buf: &mut [u8],
+        deadline: Option<&libc::timespec>,
+    ) -> Result<(usize, u32)> {
         if let Some(d) = deadline {
             check_timespec(d)?;
         }
@@ -260,9 +311,27 @@ impl Description {
         if buf.len() < q.geo.msgsize {
             return Err(Error::Os(Errno::EMSGSIZE));
         }
+        // As in `send_polling`.
+        if CANCEL_POLL {
+            let _resuming = super::wait::Resuming::new();
+            self.receive_checked(buf, deadline, true)
+        } else {
+            self.receive_checked(buf, deadline, false)
+        }
+    }
+
+    /// The rest of [`receive_polling`](Description::receive_polling), once
+    /// the arguments passed.
+    #[inline(always)]
+    fn receive_checked(
+        &self,
+        buf: &mut [u8],
+        deadline: Option<&libc::timespec>,
+        cancel_poll: bool,
+    ) -> Result<(usize, u32)> {
+        let q = &self.queue;
         let r = q.region();
         let h = r.header();
-        let _resuming = cancel_poll.then(super::wait::Resuming::new);
         let mut g = q.lock_lazily(|| self.wait(deadline, cancel_poll))?;
         let mut attempts = 0;
         let last = &q.tuning.last_prio;
