@@ -197,18 +197,32 @@ impl Description {
         }
         h.sent.b.add(1);
         let wake = g.prepare_wake(Side::Recv);
-        let notify = if was_empty {
-            crate::notify::should_fire(&g, q)
-        } else {
-            None
-        };
+        if was_empty && crate::notify::may_fire(q) {
+            return self.send_end_notifying(g, wake);
+        }
+        drop(g);
+        q.wake(Side::Recv, wake);
+        if r.poisoned() {
+            // The file shrank meanwhile and took the message with it.
+            return Err(super::shrunk());
+        }
+        Ok(())
+    }
+
+    /// The end of a send that made the queue non-empty while someone is
+    /// registered for notification (see `notify`).
+    #[cold]
+    #[inline(never)]
+    fn send_end_notifying(&self, g: Guard<'_>, wake: bool) -> Result<()> {
+        let q = &self.queue;
+        let notify = crate::notify::should_fire(&g, q);
         drop(g);
         q.wake(Side::Recv, wake);
         if let Some(n) = notify {
             crate::notify::fire(n);
         }
-        if r.poisoned() {
-            // The file shrank meanwhile and took the message with it.
+        if q.region().poisoned() {
+            // As in `send_checked`.
             return Err(super::shrunk());
         }
         Ok(())
