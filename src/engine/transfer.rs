@@ -187,7 +187,7 @@ impl Description {
                 SLOT_WRITING,
                 &mut attempts,
                 deadline,
-                || slot.write(msg),
+                move || slot.write(msg),
             )?;
         }
         let was_empty = h.lock.curmsgs.load(Relaxed) == 0;
@@ -371,7 +371,7 @@ impl Description {
                 SLOT_READING,
                 &mut attempts,
                 deadline,
-                || slot.read(&mut buf[..len]),
+                move || slot.read(&mut buf[..len]),
             )?;
         }
         queue::release_slot(r, slot);
