@@ -503,12 +503,16 @@ impl Region {
         })
     }
 
-    /// Pointer to the payload of slot `idx` (`msgsize` bytes), or `None`.
-    pub fn payload(&self, idx: u32) -> Option<*mut u8> {
-        (idx < self.geo.maxmsg).then(|| {
-            let off = HEADER_SIZE + idx as usize * self.geo.stride + size_of::<SlotHeader>();
-            // SAFETY: within the slot, as in `slot`.
-            unsafe { self.base.add(off) }
+    /// Slot `idx`, its index checked once for all its uses, or `None` if
+    /// `idx` is out of range.
+    #[inline(always)]
+    pub fn slot_ref(&self, idx: u32) -> Option<SlotRef<'_>> {
+        (idx < self.geo.maxmsg).then(|| SlotRef {
+            // SAFETY: within the mapping, as in `slot`.
+            ptr: unsafe { self.base.add(HEADER_SIZE + idx as usize * self.geo.stride) },
+            idx,
+            msgsize: self.geo.msgsize,
+            _region: std::marker::PhantomData,
         })
     }
 
@@ -531,24 +535,85 @@ impl Region {
         let _ = idx;
     }
 
-    /// Copies `src` into the payload of slot `idx`.
-    #[inline]
-    pub fn write_payload(&self, idx: u32, src: &[u8]) {
-        assert!(src.len() <= self.geo.msgsize);
-        let dst = self.payload(idx).expect("slot index checked by caller");
-        // SAFETY: dst has msgsize >= src.len() bytes inside the mapping; the
-        // slot is reserved by this caller (state WRITING or under the lock),
-        // so no conforming process touches these bytes meanwhile.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) }
-    }
-
     /// Copies the first `dst.len()` payload bytes of slot `idx` into `dst`.
     #[inline]
     pub fn read_payload(&self, idx: u32, dst: &mut [u8]) {
-        assert!(dst.len() <= self.geo.msgsize);
-        let src = self.payload(idx).expect("slot index checked by caller");
-        // SAFETY: as in write_payload; the slot is QUEUED or READING by us.
-        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
+        self.slot_ref(idx)
+            .expect("slot index checked by caller")
+            .read(dst);
+    }
+}
+
+/// A slot of a [`Region`] whose index was checked once
+/// ([`Region::slot_ref`]): its header and payload are reached without
+/// checking it again.
+#[derive(Clone, Copy)]
+pub struct SlotRef<'r> {
+    /// Start of the slot: `stride` bytes in the mapping, the header first.
+    ptr: *mut u8,
+    idx: u32,
+    msgsize: usize,
+    _region: std::marker::PhantomData<&'r Region>,
+}
+
+impl std::fmt::Debug for SlotRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SlotRef").field(&self.idx).finish()
+    }
+}
+
+impl PartialEq for SlotRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.ptr == other.ptr
+    }
+}
+
+impl<'r> SlotRef<'r> {
+    /// The slot's index.
+    #[inline(always)]
+    pub fn idx(self) -> u32 {
+        self.idx
+    }
+
+    /// The slot's header.
+    #[inline(always)]
+    pub fn header(self) -> &'r SlotHeader {
+        // SAFETY: ptr is a slot of the region, which outlives 'r; slots are
+        // 64-aligned; SlotHeader is atomics only.
+        unsafe { &*(self.ptr as *const SlotHeader) }
+    }
+
+    /// Copies `src` into the payload.
+    #[inline(always)]
+    pub fn write(self, src: &[u8]) {
+        assert!(src.len() <= self.msgsize);
+        // SAFETY: the payload follows the header and has msgsize >=
+        // src.len() bytes inside the slot; the slot is reserved by this
+        // caller (state WRITING or under the lock), so no conforming
+        // process touches these bytes meanwhile.
+        unsafe {
+            let dst = self.ptr.add(size_of::<SlotHeader>());
+            std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len())
+        }
+    }
+
+    /// Copies the first `dst.len()` payload bytes into `dst`.
+    #[inline(always)]
+    pub fn read(self, dst: &mut [u8]) {
+        assert!(dst.len() <= self.msgsize);
+        // SAFETY: as in `write`; the slot is QUEUED or READING by us.
+        unsafe {
+            let src = self.ptr.add(size_of::<SlotHeader>());
+            std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len())
+        }
+    }
+}
+
+impl std::ops::Deref for SlotRef<'_> {
+    type Target = SlotHeader;
+    #[inline(always)]
+    fn deref(&self) -> &SlotHeader {
+        self.header()
     }
 }
 
@@ -764,7 +829,8 @@ mod tests {
         assert_eq!(r.geometry(), g);
         assert!(r.slot(4).is_some());
         assert!(r.slot(5).is_none());
-        assert!(r.payload(5).is_none());
+        assert!(r.slot_ref(4).is_some());
+        assert!(r.slot_ref(5).is_none());
     }
 
     #[test]

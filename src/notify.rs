@@ -204,11 +204,18 @@ pub struct Pending {
     queue: (u64, u64),
 }
 
+/// Under the lock: whether anyone is registered, that is, whether
+/// [`should_fire`] may say yes.
+#[inline]
+pub(crate) fn may_fire(q: &Queue) -> bool {
+    q.region().header().notify.owner.load(Relaxed) != 0
+}
+
 /// Under the lock, right after a message landed in an empty queue: whether a
 /// registration must fire now. If so it is removed (one-shot).
 #[inline]
 pub(crate) fn should_fire(g: &Guard<'_>, q: &Queue) -> Option<Pending> {
-    if q.region().header().notify.owner.load(Relaxed) == 0 {
+    if !may_fire(q) {
         return None;
     }
     registered_fires(g, q)

@@ -18,7 +18,7 @@
 
 use crate::layout::{
     Header, NIL, NPRIO, Region, SLOT_FREE, SLOT_PENDING, SLOT_QUEUED, SLOT_READING, SLOT_WRITING,
-    SlotHeader,
+    SlotHeader, SlotRef,
 };
 use std::sync::atomic::Ordering::{Relaxed, Release};
 
@@ -81,16 +81,20 @@ fn slot(r: &Region, idx: u32) -> QResult<&SlotHeader> {
     r.slot(idx).ok_or(Corrupt("slot index out of range"))
 }
 
+#[inline(always)]
+fn slot_ref(r: &Region, idx: u32) -> QResult<SlotRef<'_>> {
+    r.slot_ref(idx).ok_or(Corrupt("slot index out of range"))
+}
+
 /// Takes a slot off the free list; `None` when there is none.
 #[inline]
-pub fn alloc(r: &Region) -> QResult<Option<u32>> {
+pub fn alloc(r: &Region) -> QResult<Option<SlotRef<'_>>> {
     let h = r.header();
     let head = h.lock.free_head.load(Relaxed);
     if head == NIL {
         return Ok(None);
     }
-    let idx = head - 1;
-    let s = slot(r, idx)?;
+    let s = slot_ref(r, head.wrapping_sub(1))?;
     if s.state.load(Relaxed) != SLOT_FREE {
         return Err(Corrupt("free list holds a busy slot"));
     }
@@ -100,19 +104,24 @@ pub fn alloc(r: &Region) -> QResult<Option<u32>> {
     }
     h.lock.free_head.store(next, Relaxed);
     h.lock.nfree.sub(1);
-    Ok(Some(idx))
+    Ok(Some(s))
 }
 
 /// Puts slot `idx` back on the free list and marks it free.
 #[inline]
 pub fn release(r: &Region, idx: u32) -> QResult<()> {
+    release_slot(r, slot_ref(r, idx)?);
+    Ok(())
+}
+
+/// [`release`] for a slot checked already.
+#[inline]
+pub fn release_slot(r: &Region, s: SlotRef<'_>) {
     let h = r.header();
-    let s = slot(r, idx)?;
     s.state.store(SLOT_FREE, Release);
     s.next.store(h.lock.free_head.load(Relaxed), Relaxed);
-    h.lock.free_head.store(idx + 1, Relaxed);
+    h.lock.free_head.store(s.idx() + 1, Relaxed);
     h.lock.nfree.add(1);
-    Ok(())
 }
 
 #[inline]
@@ -241,10 +250,10 @@ pub fn highest_from(r: &Region, guess: u32) -> QResult<Option<u32>> {
 /// priority `prio` with the next sequence number, and counts it. The slot's
 /// state becomes `QUEUED`.
 #[inline]
-pub fn enqueue(r: &Region, idx: u32, prio: u32, len: usize) -> QResult<()> {
+pub fn enqueue(r: &Region, s: SlotRef<'_>, prio: u32, len: usize) -> QResult<()> {
     let h = r.header();
     let seq = h.sent.a.load(Relaxed);
-    link(r, idx, prio, len as u64, seq, None)?;
+    link(r, s, prio, len as u64, seq, None)?;
     h.sent.a.add(1);
     Ok(())
 }
@@ -254,11 +263,18 @@ pub fn enqueue(r: &Region, idx: u32, prio: u32, len: usize) -> QResult<()> {
 /// `None`, else right after slot `after` (or at the head for `Some(NIL)`,
 /// i.e. `after` holds `index + 1`).
 #[inline]
-fn link(r: &Region, idx: u32, prio: u32, len: u64, seq: u64, after: Option<u32>) -> QResult<()> {
+fn link(
+    r: &Region,
+    s: SlotRef<'_>,
+    prio: u32,
+    len: u64,
+    seq: u64,
+    after: Option<u32>,
+) -> QResult<()> {
     let h = r.header();
     let p = prio as usize;
     let tail_word = h.tails.get(p).ok_or(Corrupt("priority out of range"))?;
-    let s = slot(r, idx)?;
+    let idx = s.idx();
     let tail = tail_word.load(Relaxed);
     // Check every slot this touches before changing anything.
     let t = if tail == NIL {
@@ -307,7 +323,7 @@ fn link(r: &Region, idx: u32, prio: u32, len: u64, seq: u64, after: Option<u32>)
 /// put back before it, usually none.
 pub fn requeue(r: &Region, idx: u32) -> QResult<()> {
     let h = r.header();
-    let s = slot(r, idx)?;
+    let s = slot_ref(r, idx)?;
     let (prio, len, seq) = (
         s.prio.load(Relaxed),
         s.len.load(Relaxed),
@@ -318,7 +334,7 @@ pub fn requeue(r: &Region, idx: u32) -> QResult<()> {
     }
     let tail = h.tails[prio as usize].load(Relaxed);
     if tail == NIL {
-        return link(r, idx, prio, len, seq, None);
+        return link(r, s, prio, len, seq, None);
     }
     // Find the last slot whose seq is below ours, walking from the head.
     let mut after = NIL;
@@ -331,11 +347,11 @@ pub fn requeue(r: &Region, idx: u32) -> QResult<()> {
         after = cur + 1;
         if cur == tail - 1 {
             // Older than nothing in the list: the new tail.
-            return link(r, idx, prio, len, seq, None);
+            return link(r, s, prio, len, seq, None);
         }
         cur = c.next.load(Relaxed);
     }
-    link(r, idx, prio, len, seq, Some(after))
+    link(r, s, prio, len, seq, Some(after))
 }
 
 /// Head of the highest non-empty priority: `(slot, prio, len)`, not removed.
@@ -374,7 +390,7 @@ fn queued_head(r: &Region, s: &SlotHeader, prio: u32) -> QResult<usize> {
 /// frees it or marks it being read. `guess`: the priority the caller expects
 /// (see [`highest_from`]).
 #[inline]
-pub fn pop_front(r: &Region, guess: u32) -> QResult<Option<(u32, u32, usize)>> {
+pub fn pop_front(r: &Region, guess: u32) -> QResult<Option<(SlotRef<'_>, u32, usize)>> {
     let Some(prio) = top_prio(r, guess)? else {
         return Ok(None);
     };
@@ -385,8 +401,8 @@ pub fn pop_front(r: &Region, guess: u32) -> QResult<Option<(u32, u32, usize)>> {
     let tail = tail_word.load(Relaxed);
     let t = slot(r, tail.wrapping_sub(1))?;
     let idx = t.next.load(Relaxed);
-    let s = slot(r, idx)?;
-    let len = queued_head(r, s, prio)?;
+    let s = slot_ref(r, idx)?;
+    let len = queued_head(r, &s, prio)?;
     if tail - 1 == idx {
         tail_word.store(NIL, Relaxed);
         retire(h, prio);
@@ -398,7 +414,7 @@ pub fn pop_front(r: &Region, guess: u32) -> QResult<Option<(u32, u32, usize)>> {
         r.prefetch(next);
     }
     h.lock.curmsgs.sub(1);
-    Ok(Some((idx, prio, len)))
+    Ok(Some((s, prio, len)))
 }
 
 /// Unlinks `idx`, which [`front`] just returned for `prio`, and uncounts it.
@@ -698,7 +714,10 @@ pub fn rebuild(r: &Region, alive: &mut dyn FnMut(u32, Option<u32>) -> bool) -> R
     for &(prio, seq, i) in &queued {
         max_seq = max_seq.max(seq);
         let len = r.slot(i).map_or(0, |s| s.len.load(Relaxed));
-        if link(r, i, prio, len, seq, None).is_ok() {
+        if slot_ref(r, i)
+            .and_then(|s| link(r, s, prio, len, seq, None))
+            .is_ok()
+        {
             rep.queued += 1;
         } else {
             // Another process scribbled on what was just rebuilt.
@@ -724,11 +743,11 @@ mod tests {
     }
 
     fn send(r: &Region, prio: u32, msg: &[u8]) -> bool {
-        let Some(i) = alloc(r).unwrap() else {
+        let Some(s) = alloc(r).unwrap() else {
             return false;
         };
-        r.write_payload(i, msg);
-        enqueue(r, i, prio, msg.len()).unwrap();
+        s.write(msg);
+        enqueue(r, s, prio, msg.len()).unwrap();
         true
     }
 
@@ -739,10 +758,10 @@ mod tests {
 
     /// A receive as the engine does it; any guess must give the same result.
     fn recv_guessing(r: &Region, guess: u32) -> Option<(u32, Vec<u8>)> {
-        let (i, prio, len) = pop_front(r, guess).unwrap()?;
+        let (s, prio, len) = pop_front(r, guess).unwrap()?;
         let mut v = vec![0; len];
-        r.read_payload(i, &mut v);
-        release(r, i).unwrap();
+        s.read(&mut v);
+        release_slot(r, s);
         Some((prio, v))
     }
 
@@ -809,10 +828,10 @@ mod tests {
         unlink_front(r, i, prio).unwrap();
         begin_inflight(r, i, SLOT_READING, 4242, 1).unwrap();
         // A sender reserves a slot and dies mid-copy.
-        let w = alloc(r).unwrap().unwrap();
+        let w = alloc(r).unwrap().unwrap().idx();
         begin_inflight(r, w, SLOT_WRITING, 4343, 1).unwrap();
         // A live sender is mid-copy too.
-        let l = alloc(r).unwrap().unwrap();
+        let l = alloc(r).unwrap().unwrap().idx();
         begin_inflight(r, l, SLOT_WRITING, 1, 1).unwrap();
         assert_eq!(r.header().lock.curmsgs.load(Relaxed), 2);
         let rep = rebuild(r, &mut |owner, _| owner == 1);
@@ -926,7 +945,7 @@ mod tests {
         // Three receivers take a, b and c and hold them; then b, a and c
         // come back in that order, and d was sent after all of them.
         let taken: Vec<_> = (0..3)
-            .map(|_| pop_front(r, 5).unwrap().unwrap().0)
+            .map(|_| pop_front(r, 5).unwrap().unwrap().0.idx())
             .collect();
         for &i in &taken {
             hold(r, i, 9).unwrap();
@@ -949,9 +968,9 @@ mod tests {
         for m in [b"1", b"2", b"3"] {
             assert!(send(r, 1, m));
         }
-        let a = pop_front(r, 1).unwrap().unwrap().0;
+        let a = pop_front(r, 1).unwrap().unwrap().0.idx();
         hold(r, a, 7).unwrap();
-        let b = pop_front(r, 1).unwrap().unwrap().0;
+        let b = pop_front(r, 1).unwrap().unwrap().0.idx();
         hold(r, b, 8).unwrap();
         let rep = rebuild(r, &mut |owner, _| owner == 7);
         assert_eq!(

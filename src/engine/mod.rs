@@ -364,23 +364,81 @@ impl Queue {
     /// its last owner died.
     #[inline(always)]
     pub fn lock_with(&self, wait: &Wait<'_>) -> Result<Guard<'_>> {
+        self.lock_lazily(|| *wait)
+    }
+
+    /// [`lock_with`](Self::lock_with), with the `Wait` made only if the
+    /// lock is busy. The incarnation is read once, for this process's
+    /// membership and for the thread's own cache (a forked child must use
+    /// neither of its parent's).
+    #[inline(always)]
+    pub(super) fn lock_lazily<'w>(&self, wait: impl FnOnce() -> Wait<'w>) -> Result<Guard<'_>> {
+        let inc = sys::live::incarnation();
+        // The slow paths give back only the held lock (and a boxed error):
+        // small enough for registers, so the fast path's guard is not
+        // merged with theirs through the stack.
+        let held = match self.member.get_in(inc) {
+            Some(m) => match mutex::try_lock(self.region(), m.id(), inc) {
+                Ok(held) => held,
+                Err(busy) => self.lock_busy(m, busy, &wait()).map_err(|e| *e)?,
+            },
+            None => self.lock_joining(&wait()).map_err(|e| *e)?,
+        };
+        Ok(Guard { q: self, held })
+    }
+
+    /// [`lock_with`](Self::lock_with) in a process that is no member yet
+    /// (a forked child): joins first.
+    #[cold]
+    #[inline(never)]
+    fn lock_joining(&self, wait: &Wait<'_>) -> std::result::Result<mutex::Held, Box<Error>> {
         let m = self.member()?;
-        let r = self.region();
         let alive = |id: u32, tid: u32| m.thread_alive(id, tid);
-        match mutex::lock(r, m.id(), self.lock_spin(), wait, &alive) {
-            Ok((Acquired::Clean, held)) => Ok(Guard { q: self, held }),
+        let res = mutex::lock(self.region(), m.id(), self.lock_spin(), wait, &alive);
+        self.locked(m, res)
+    }
+
+    /// The rest of [`lock_with`](Self::lock_with) when the first attempt
+    /// found the lock busy.
+    #[cold]
+    #[inline(never)]
+    fn lock_busy(
+        &self,
+        m: &Member,
+        busy: mutex::Busy,
+        wait: &Wait<'_>,
+    ) -> std::result::Result<mutex::Held, Box<Error>> {
+        let alive = |id: u32, tid: u32| m.thread_alive(id, tid);
+        let res = mutex::lock_busy(self.region(), busy, self.lock_spin(), wait, &alive);
+        self.locked(m, res)
+    }
+
+    fn locked(
+        &self,
+        m: &Member,
+        res: std::result::Result<(Acquired, mutex::Held), LockError>,
+    ) -> std::result::Result<mutex::Held, Box<Error>> {
+        match res {
+            Ok((Acquired::Clean, held)) => Ok(held),
             Ok((Acquired::OwnerDied, held)) => self.recover(m, held),
-            Err(e) => Err(lock_error(e)),
+            Err(e) => Err(Box::new(lock_error(e))),
         }
     }
 
     /// The lock's last owner died: repairs the queue.
     #[cold]
-    fn recover(&self, m: &Member, held: mutex::Held) -> Result<Guard<'_>> {
+    fn recover(
+        &self,
+        m: &Member,
+        held: mutex::Held,
+    ) -> std::result::Result<mutex::Held, Box<Error>> {
+        // Released if the repair cannot start.
         let g = Guard { q: self, held };
         self.check_poison()?;
         queue::rebuild(self.region(), &mut Self::alive_fn(m));
-        Ok(g)
+        let held = g.held;
+        std::mem::forget(g);
+        Ok(held)
     }
 
     /// Under the lock: rolls back slots held mid-copy by dead members, and

@@ -78,7 +78,7 @@ impl Description {
         side: Side,
         wait: &Wait<'_>,
         attempts: &mut u32,
-        mut take: impl FnMut(&Region) -> queue::QResult<Option<T>>,
+        mut take: impl FnMut(&'q Region) -> queue::QResult<Option<T>>,
     ) -> Result<T> {
         let q = &self.queue;
         let mut w = Waiting::new(wait.cancel_poll);
@@ -114,7 +114,7 @@ impl Description {
     /// without limit (subject to `O_NONBLOCK`).
     #[inline]
     pub fn send(&self, prio: u32, msg: &[u8], deadline: Option<&libc::timespec>) -> Result<()> {
-        self.send_with(prio, msg, deadline, false)
+        self.send_polling::<false>(prio, msg, deadline)
     }
 
     /// [`send`](Description::send); with `cancel_poll`, a wait is cut
@@ -126,6 +126,22 @@ impl Description {
         msg: &[u8],
         deadline: Option<&libc::timespec>,
         cancel_poll: bool,
+    ) -> Result<()> {
+        if cancel_poll {
+            self.send_polling::<true>(prio, msg, deadline)
+        } else {
+            self.send_polling::<false>(prio, msg, deadline)
+        }
+    }
+
+    /// [`send_with`](Description::send_with), `cancel_poll` known at
+    /// compile time: a caller that never polls carries no trace of it.
+    #[inline]
+    fn send_polling<const CANCEL_POLL: bool>(
+        &self,
+        prio: u32,
+        msg: &[u8],
+        deadline: Option<&libc::timespec>,
     ) -> Result<()> {
         if let Some(d) = deadline {
             check_timespec(d)?;
@@ -140,42 +156,83 @@ impl Description {
         if msg.len() > q.geo.msgsize {
             return Err(Error::Os(Errno::EMSGSIZE));
         }
+        // Only in the instance that polls: a value of an Option here stays
+        // on the stack, and is tested, even where it is always None.
+        if CANCEL_POLL {
+            let _resuming = super::wait::Resuming::new();
+            self.send_checked(prio, msg, deadline, true)
+        } else {
+            self.send_checked(prio, msg, deadline, false)
+        }
+    }
+
+    /// The rest of [`send_polling`](Description::send_polling), once the
+    /// arguments passed.
+    #[inline(always)]
+    fn send_checked(
+        &self,
+        prio: u32,
+        msg: &[u8],
+        deadline: Option<&libc::timespec>,
+        cancel_poll: bool,
+    ) -> Result<()> {
+        let q = &self.queue;
         let r = q.region();
         let h = r.header();
-        let wait = self.wait(deadline, cancel_poll);
-        let _resuming = cancel_poll.then(super::wait::Resuming::new);
-        let mut g = q.lock_with(&wait)?;
+        let mut g = q.lock_lazily(|| self.wait(deadline, cancel_poll))?;
         let mut attempts = 0;
-        let idx = match queue::alloc(r) {
-            Ok(Some(idx)) => idx,
-            _ => self.acquire(&mut g, Side::Send, &wait, &mut attempts, queue::alloc)?,
+        let slot = match queue::alloc(r) {
+            Ok(Some(slot)) => slot,
+            _ => {
+                let wait = self.wait(deadline, cancel_poll);
+                self.acquire(&mut g, Side::Send, &wait, &mut attempts, queue::alloc)?
+            }
         };
         if msg.len() <= INLINE_MAX {
-            r.write_payload(idx, msg);
+            slot.write(msg);
         } else {
-            self.copy_outside(&mut g, idx, SLOT_WRITING, &mut attempts, deadline, || {
-                r.write_payload(idx, msg)
-            })?;
+            self.copy_outside(
+                &mut g,
+                slot.idx(),
+                SLOT_WRITING,
+                &mut attempts,
+                deadline,
+                move || slot.write(msg),
+            )?;
         }
         let was_empty = h.lock.curmsgs.load(Relaxed) == 0;
-        if let Err(c) = queue::enqueue(r, idx, prio, msg.len()) {
+        if let Err(c) = queue::enqueue(r, slot, prio, msg.len()) {
             q.repair(&g, c, &mut attempts)?;
             return Err(Error::Corrupted(c.0.into()));
         }
         h.sent.b.add(1);
         let wake = g.prepare_wake(Side::Recv);
-        let notify = if was_empty {
-            crate::notify::should_fire(&g, q)
-        } else {
-            None
-        };
+        if was_empty && crate::notify::may_fire(q) {
+            return self.send_end_notifying(g, wake);
+        }
+        drop(g);
+        q.wake(Side::Recv, wake);
+        if r.poisoned() {
+            // The file shrank meanwhile and took the message with it.
+            return Err(super::shrunk());
+        }
+        Ok(())
+    }
+
+    /// The end of a send that made the queue non-empty while someone is
+    /// registered for notification (see `notify`).
+    #[cold]
+    #[inline(never)]
+    fn send_end_notifying(&self, g: Guard<'_>, wake: bool) -> Result<()> {
+        let q = &self.queue;
+        let notify = crate::notify::should_fire(&g, q);
         drop(g);
         q.wake(Side::Recv, wake);
         if let Some(n) = notify {
             crate::notify::fire(n);
         }
-        if r.poisoned() {
-            // The file shrank meanwhile and took the message with it.
+        if q.region().poisoned() {
+            // As in `send_checked`.
             return Err(super::shrunk());
         }
         Ok(())
@@ -235,7 +292,7 @@ impl Description {
         buf: &mut [u8],
         deadline: Option<&libc::timespec>,
     ) -> Result<(usize, u32)> {
-        self.receive_with(buf, deadline, false)
+        self.receive_polling::<false>(buf, deadline)
     }
 
     /// [`receive`](Description::receive); `cancel_poll` as for
@@ -253,6 +310,21 @@ impl Description {
         deadline: Option<&libc::timespec>,
         cancel_poll: bool,
     ) -> Result<(usize, u32)> {
+        if cancel_poll {
+            self.receive_polling::<true>(buf, deadline)
+        } else {
+            self.receive_polling::<false>(buf, deadline)
+        }
+    }
+
+    /// [`receive_with`](Description::receive_with), `cancel_poll` known at
+    /// compile time (see [`send_polling`](Description::send_polling)).
+    #[inline]
+    fn receive_polling<const CANCEL_POLL: bool>(
+        &self,
+        buf: &mut [u8],
+        deadline: Option<&libc::timespec>,
+    ) -> Result<(usize, u32)> {
         if let Some(d) = deadline {
             check_timespec(d)?;
         }
@@ -263,34 +335,56 @@ impl Description {
         if buf.len() < q.geo.msgsize {
             return Err(Error::Os(Errno::EMSGSIZE));
         }
+        // As in `send_polling`.
+        if CANCEL_POLL {
+            let _resuming = super::wait::Resuming::new();
+            self.receive_checked(buf, deadline, true)
+        } else {
+            self.receive_checked(buf, deadline, false)
+        }
+    }
+
+    /// The rest of [`receive_polling`](Description::receive_polling), once
+    /// the arguments passed.
+    #[inline(always)]
+    fn receive_checked(
+        &self,
+        buf: &mut [u8],
+        deadline: Option<&libc::timespec>,
+        cancel_poll: bool,
+    ) -> Result<(usize, u32)> {
+        let q = &self.queue;
         let r = q.region();
         let h = r.header();
-        let wait = self.wait(deadline, cancel_poll);
-        let _resuming = cancel_poll.then(super::wait::Resuming::new);
-        let mut g = q.lock_with(&wait)?;
+        let mut g = q.lock_lazily(|| self.wait(deadline, cancel_poll))?;
         let mut attempts = 0;
         let last = &q.tuning.last_prio;
         let guess = last.load(Relaxed);
-        let (idx, prio, len) = match queue::pop_front(r, guess) {
+        let (slot, prio, len) = match queue::pop_front(r, guess) {
             Ok(Some(found)) => found,
-            _ => self.acquire(&mut g, Side::Recv, &wait, &mut attempts, |r| {
-                queue::pop_front(r, guess)
-            })?,
+            _ => {
+                let wait = self.wait(deadline, cancel_poll);
+                self.acquire(&mut g, Side::Recv, &wait, &mut attempts, |r| {
+                    queue::pop_front(r, guess)
+                })?
+            }
         };
         if prio != guess {
             last.store(prio, Relaxed);
         }
         if len <= INLINE_MAX {
-            r.read_payload(idx, &mut buf[..len]);
+            slot.read(&mut buf[..len]);
         } else {
-            self.copy_outside(&mut g, idx, SLOT_READING, &mut attempts, deadline, || {
-                r.read_payload(idx, &mut buf[..len])
-            })?;
+            self.copy_outside(
+                &mut g,
+                slot.idx(),
+                SLOT_READING,
+                &mut attempts,
+                deadline,
+                move || slot.read(&mut buf[..len]),
+            )?;
         }
-        if let Err(c) = queue::release(r, idx) {
-            q.repair(&g, c, &mut attempts)?;
-            return Err(Error::Corrupted(c.0.into()));
-        }
+        queue::release_slot(r, slot);
         h.received.a.add(1);
         let wake = g.prepare_wake(Side::Send);
         drop(g);
@@ -322,10 +416,10 @@ impl Description {
         let g = q.lock().expect("lock");
         match stage {
             Stage::MidSend => {
-                if let Ok(Some(idx)) = queue::alloc(r) {
+                if let Ok(Some(slot)) = queue::alloc(r) {
                     let half = vec![0xee; q.geo.msgsize / 2];
-                    r.write_payload(idx, &half);
-                    r.slot(idx).expect("valid").prio.store(1, Relaxed);
+                    slot.write(&half);
+                    slot.prio.store(1, Relaxed);
                 }
             }
             Stage::MidReceive => {

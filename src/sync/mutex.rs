@@ -178,6 +178,13 @@ struct RobustListHead {
 struct Me {
     incarnation: u64,
     tid: u32,
+    /// Release with an atomic exchange: the process was not registered
+    /// for the barrier when this was made (see [`register_process`]; a
+    /// queue registers when it is opened, before its first lock, and a
+    /// registration is never undone, so this only errs towards the
+    /// exchange, which is always correct). 0 or 1: a `bool` would give
+    /// the type a niche, and reading it from the thread-local a check.
+    exchange: u8,
     /// The thread's robust list head, null if it has none we can use.
     head: *mut RobustListHead,
     /// The head's `futex_offset`, negated.
@@ -186,7 +193,13 @@ struct Me {
 
 thread_local! {
     static ME: Cell<Me> = const {
-        Cell::new(Me { incarnation: 0, tid: 0, head: std::ptr::null_mut(), node_offset: 0 })
+        Cell::new(Me {
+            incarnation: 0,
+            tid: 0,
+            exchange: 1,
+            head: std::ptr::null_mut(),
+            node_offset: 0,
+        })
     };
 }
 
@@ -194,17 +207,21 @@ thread_local! {
 /// tried, 1 registered, 2 refused. Registration is kept across `fork`.
 static BARRIER: AtomicU32 = AtomicU32::new(0);
 
-#[inline]
-fn me() -> Me {
-    let m = ME.get();
-    if m.incarnation == live::incarnation() {
-        return m;
+/// What the calling thread knows about itself in `incarnation`, the
+/// process's current one ([`live::incarnation`], read by the caller).
+#[inline(always)]
+fn me_in(incarnation: u64) -> Me {
+    if ME.get().incarnation != incarnation {
+        // (Returns nothing: a value merged from two paths would be copied
+        // through the stack on the fast one.)
+        refresh();
     }
-    refresh()
+    ME.get()
 }
 
 #[cold]
-fn refresh() -> Me {
+#[inline(never)]
+fn refresh() {
     let incarnation = live::incarnation();
     let tid = live::tid();
     let mut head: *mut RobustListHead = std::ptr::null_mut();
@@ -221,6 +238,7 @@ fn refresh() -> Me {
     let mut m = Me {
         incarnation,
         tid,
+        exchange: u8::from(BARRIER.load(Relaxed) != 1),
         head: std::ptr::null_mut(),
         node_offset: 0,
     };
@@ -241,7 +259,6 @@ fn refresh() -> Me {
         }
     }
     ME.set(m);
-    m
 }
 
 /// Registers this process, once, for the barrier that lock sleepers issue
@@ -327,7 +344,35 @@ pub fn lock(
     wait: &Wait<'_>,
     owner_alive: &dyn Fn(u32, u32) -> bool,
 ) -> Result<(Acquired, Held), LockError> {
-    let m = me();
+    match try_lock(r, id, live::incarnation()) {
+        Ok(held) => Ok((Acquired::Clean, held)),
+        Err(busy) => lock_busy(r, busy, spin_ns, wait, owner_alive),
+    }
+}
+
+/// A lock that [`try_lock`] found taken (or damaged): hand it to
+/// [`lock_busy`], which waits for it, or releases what the attempt set up.
+#[derive(Debug)]
+#[must_use = "hand it to lock_busy, which also clears the robust list slot"]
+pub struct Busy {
+    /// The word's value found.
+    v: u64,
+    /// What this thread puts in the word.
+    mine: u64,
+    /// Whether this thread may hold the lock already (see `try_lock`).
+    again: bool,
+    /// As in [`State::Own`].
+    head: *mut RobustListHead,
+    exchange: bool,
+}
+
+/// The first attempt of [`lock`], and all of it when the lock is free: one
+/// compare-and-swap, with the word named in the thread's robust list
+/// first. `incarnation`: the process's current one
+/// ([`live::incarnation`], read once by the caller).
+#[inline(always)]
+pub fn try_lock(r: &Region, id: u32, incarnation: u64) -> Result<Held, Busy> {
+    let m = me_in(incarnation);
     let mine = (u64::from(id) << 32) | u64::from(m.tid);
     let w = word(r);
     let mut head = std::ptr::null_mut();
@@ -349,22 +394,48 @@ pub fn lock(
         // SAFETY: as above.
         unsafe { set_pending(head, node) };
     }
-    let held = Held(State::Own {
-        head,
-        exchange: BARRIER.load(Relaxed) != 1,
-    });
     match w.compare_exchange(0, mine, Acquire, Relaxed) {
-        Ok(_) => Ok((Acquired::Clean, held)),
-        Err(v) => match contended(r, v, mine, again, spin_ns, wait, owner_alive) {
-            Ok(a) => Ok((a, held)),
-            Err(e) => {
-                if !head.is_null() {
-                    // SAFETY: as above.
-                    unsafe { set_pending(head, std::ptr::null_mut()) };
-                }
-                Err(e)
+        Ok(_) => Ok(Held(State::Own {
+            head,
+            exchange: m.exchange != 0,
+        })),
+        Err(v) => Err(Busy {
+            v,
+            mine,
+            again,
+            head,
+            exchange: m.exchange != 0,
+        }),
+    }
+}
+
+/// The rest of [`lock`] after [`try_lock`] found the lock busy.
+#[cold]
+#[inline(never)]
+pub fn lock_busy(
+    r: &Region,
+    busy: Busy,
+    spin_ns: u32,
+    wait: &Wait<'_>,
+    owner_alive: &dyn Fn(u32, u32) -> bool,
+) -> Result<(Acquired, Held), LockError> {
+    let Busy {
+        v,
+        mine,
+        again,
+        head,
+        exchange,
+    } = busy;
+    match contended(r, v, mine, again, spin_ns, wait, owner_alive) {
+        Ok(a) => Ok((a, Held(State::Own { head, exchange }))),
+        Err(e) => {
+            if !head.is_null() {
+                // SAFETY: head is this thread's robust list head (Busy is
+                // not Send: it stays with the thread that tried).
+                unsafe { set_pending(head, std::ptr::null_mut()) };
             }
-        },
+            Err(e)
+        }
     }
 }
 

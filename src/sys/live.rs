@@ -29,7 +29,11 @@ use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64};
 
 /// The page whose first word holds this process's incarnation (never 0);
 /// the kernel gives a child a zero page in its place (`MADV_WIPEONFORK`).
-static PAGE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// Until the page is mapped, [`UNSET`]: a zero word too, so that one test
+/// of the word covers both.
+static PAGE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::addr_of!(UNSET).cast_mut());
+/// The word [`PAGE`] points to before the page is mapped: always 0.
+static UNSET: AtomicU64 = AtomicU64::new(0);
 /// The last incarnation handed out by this process (copied into children,
 /// which hand out the next one).
 static LAST: AtomicU64 = AtomicU64::new(0);
@@ -42,13 +46,11 @@ static SETUP: Once = Once::new();
 #[inline]
 pub fn incarnation() -> u64 {
     let p = PAGE.load(Acquire);
-    if !p.is_null() {
-        // SAFETY: a non-null PAGE points into a page mapped for the life of
-        // the process.
-        let v = unsafe { (*p).load(Relaxed) };
-        if v != 0 {
-            return v;
-        }
+    // SAFETY: PAGE points to UNSET or into a page mapped for the life of
+    // the process.
+    let v = unsafe { (*p).load(Relaxed) };
+    if v != 0 {
+        return v;
     }
     new_incarnation()
 }
@@ -93,10 +95,8 @@ fn new_incarnation() -> u64 {
 extern "C" fn after_fork_in_child() {
     // Async-signal-safe work only: an atomic store and close().
     let p = PAGE.load(Relaxed);
-    if !p.is_null() {
-        // SAFETY: as in `incarnation`.
-        unsafe { (*p).store(0, Relaxed) };
-    }
+    // SAFETY: as in `incarnation` (UNSET only ever holds 0).
+    unsafe { (*p).store(0, Relaxed) };
     close_inherited();
 }
 
@@ -314,9 +314,17 @@ impl<T> Drop for ForkGuard<'_, T> {
 /// dropped, since references to them may still be around.
 #[derive(Debug)]
 pub struct PerIncarnation<T> {
-    current: AtomicPtr<T>,
-    incarnation: AtomicU64,
-    all: ForkLock<Vec<std::sync::Arc<T>>>,
+    /// The last entry set, null: none. Entries never change once
+    /// published, so one load gives a value and its incarnation together.
+    current: AtomicPtr<Entry<T>>,
+    #[allow(clippy::vec_box, reason = "entries must not move: readers hold them")]
+    all: ForkLock<Vec<Box<Entry<T>>>>,
+}
+
+#[derive(Debug)]
+struct Entry<T> {
+    incarnation: u64,
+    value: std::sync::Arc<T>,
 }
 
 impl<T> PerIncarnation<T> {
@@ -324,7 +332,6 @@ impl<T> PerIncarnation<T> {
     pub fn new() -> PerIncarnation<T> {
         PerIncarnation {
             current: AtomicPtr::new(std::ptr::null_mut()),
-            incarnation: AtomicU64::new(0),
             // A child keeps the parent's values alive: references to them
             // may still be around.
             all: ForkLock::keeping(Vec::new()),
@@ -334,31 +341,36 @@ impl<T> PerIncarnation<T> {
     /// The value set in this incarnation.
     #[inline]
     pub fn get(&self) -> Option<&T> {
+        self.get_in(incarnation())
+    }
+
+    /// The value set in `incarnation`, the current one (read by the
+    /// caller, who may need it for other caches too).
+    #[inline(always)]
+    pub fn get_in(&self, incarnation: u64) -> Option<&T> {
         let p = self.current.load(Acquire);
-        if p.is_null()
-            || self.incarnation.load(Acquire) != incarnation()
-            || self.current.load(Acquire) != p
-        {
+        if p.is_null() {
             return None;
         }
-        // SAFETY: p came from an Arc kept in `all` until self is dropped,
-        // and the reference cannot outlive self.
-        Some(unsafe { &*p })
+        // SAFETY: p came from a box kept in `all` until self is dropped,
+        // never changed after it was published, and the reference cannot
+        // outlive self.
+        let e = unsafe { &*p };
+        (e.incarnation == incarnation).then(|| &*e.value)
     }
 
     /// Sets the value for this incarnation (keeping any earlier one alive)
     /// and returns it.
     pub fn set(&self, v: std::sync::Arc<T>) -> &T {
-        let p = std::sync::Arc::as_ptr(&v) as *mut T;
         let mut all = self.all.lock();
-        all.push(v);
-        // Cleared first: a reader never pairs the new incarnation with the
-        // old pointer.
-        self.incarnation.store(0, Release);
+        all.push(Box::new(Entry {
+            incarnation: incarnation(),
+            value: v,
+        }));
+        let p = &**all.last().expect("just pushed") as *const Entry<T> as *mut Entry<T>;
         self.current.store(p, Release);
-        self.incarnation.store(incarnation(), Release);
-        // SAFETY: as in `get`.
-        unsafe { &*p }
+        // SAFETY: as in `get_in`.
+        unsafe { &(*p).value }
     }
 }
 
