@@ -1102,7 +1102,7 @@ mod tests {
                         let holder = 1 + u32::from(op == 5);
                         let want = model.iter_mut().next_back().map(|(p, q)| (*p, q.pop_front().unwrap()));
                         model.retain(|_, q| !q.is_empty());
-                        let got = pop_front(r, prio * 6553).unwrap();
+                        let got = pop_front(r, prio * 6553).unwrap().map(|(s, p, l)| (s.idx(), p, l));
                         proptest::prop_assert_eq!(got.is_some(), want.is_some());
                         if let (Some((i, p, l)), Some((wp, (wn, wm)))) = (got, want) {
                             hold(r, i, holder).unwrap();

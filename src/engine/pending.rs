@@ -67,7 +67,7 @@ impl Description {
         let mut attempts = 0;
         let last = &q.tuning.last_prio;
         let guess = last.load(Relaxed);
-        let (idx, prio, len) = match queue::pop_front(r, guess) {
+        let (slot, prio, len) = match queue::pop_front(r, guess) {
             Ok(Some(found)) => found,
             _ => self.acquire(&mut g, Side::Recv, &wait, &mut attempts, |r| {
                 queue::pop_front(r, guess)
@@ -76,15 +76,16 @@ impl Description {
         if prio != guess {
             last.store(prio, Relaxed);
         }
+        let idx = slot.idx();
         if let Err(c) = queue::hold(r, idx, me) {
             q.repair(&g, c, &mut attempts)?;
             return Err(Error::Corrupted(c.0.into()));
         }
-        let seq = r.slot(idx).map_or(0, |s| s.seq.load(Relaxed));
+        let seq = slot.header().seq.load(Relaxed);
         drop(g);
         // The slot is this member's until it says otherwise: no lock needed
         // to copy it out, whatever its size.
-        r.read_payload(idx, &mut buf[..len]);
+        slot.read(&mut buf[..len]);
         if r.poisoned() {
             return Err(super::shrunk());
         }
