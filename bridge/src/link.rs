@@ -19,6 +19,7 @@
 
 use crate::prio::PrioMap;
 use crate::status::{Stats, redact};
+use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
@@ -30,8 +31,8 @@ use shmq::{OpenOptions, Pending, PosixMq};
 use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
@@ -368,27 +369,18 @@ fn session_in(
     connected: &mut bool,
 ) -> Result<(), End> {
     let (conn, ch) = connect(link, url, rt)?;
-    let (tx, rx) = mpsc::channel();
-    rt.block_on(async {
+    let mut consumer = rt.block_on(async {
         ch.basic_qos(link.window.max(1), BasicQosOptions::default())
             .await
             .map_err(err("basic.qos"))?;
-        let consumer = ch
-            .basic_consume(
-                link.remote.as_str().into(),
-                format!("shmq-bridge-{}", std::process::id()).into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(err("basic.consume"))?;
-        consumer.set_delegate(move |d| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(d);
-            }
-        });
-        Ok::<_, String>(())
+        ch.basic_consume(
+            link.remote.as_str().into(),
+            format!("shmq-bridge-{}", std::process::id()).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(err("basic.consume"))
     })?;
     *connected = true;
     stats.connected.store(true, Relaxed);
@@ -396,18 +388,17 @@ fn session_in(
         if stop.load(Relaxed) {
             break Ok(());
         }
-        let d = match rx.recv_timeout(POLL) {
-            Ok(Ok(Some(d))) => d,
-            Ok(Ok(None)) => break Err(Retry("the broker cancelled the consumer".into())),
-            Ok(Err(e)) => break Err(Retry(format!("consume: {e}"))),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+        // The stream, not a delegate: deliveries in the broker's order.
+        let next = rt.block_on(async { tokio::time::timeout(POLL, consumer.next()).await });
+        let d = match next {
+            Ok(Some(Ok(d))) => d,
+            Ok(Some(Err(e))) => break Err(Retry(format!("consume: {e}"))),
+            Ok(None) => break Err(Retry("the broker cancelled the consumer".into())),
+            Err(_) => {
                 if !conn.status().connected() {
                     break Err(Retry("connection lost".into()));
                 }
                 continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                break Err(Retry("the consumer ended".into()));
             }
         };
         stats.in_flight.fetch_add(1, Relaxed);

@@ -4,8 +4,11 @@
 # with no other broker on the machine. Installs the Debian package
 # `rabbitmq-server` if it is missing (as root), and fails loudly if it cannot.
 #
-#   broker.sh start DIR PORT   start (data kept in DIR), wait until it serves
-#                              AMQP on 127.0.0.1:PORT; pids in DIR/*.pid
+#   broker.sh start DIR PORT [PASS]
+#                              start (data kept in DIR), wait until it serves
+#                              AMQP on 127.0.0.1:PORT; pids in DIR/*.pid; the
+#                              user `bridge` has password PASS (default
+#                              `bridge`)
 #   broker.sh restart DIR PORT kill -9 the broker (not epmd) and start it again
 #                              on the same data
 #   broker.sh stop DIR         stop the broker and its epmd, by pid
@@ -88,7 +91,9 @@ start)
     port=${3:?PORT}
     ensure_installed
     mkdir -p "$dir/home" "$dir/mnesia" "$dir/log"
-    printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users = none\n' "$port" >"$dir/rabbitmq.conf"
+    pass=${4:-bridge}
+    printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users = none\ndefault_user = bridge\ndefault_pass = %s\n' \
+        "$port" "$pass" >"$dir/rabbitmq.conf"
     echo '[].' >"$dir/enabled_plugins"
     echo '[].' >"$dir/advanced.config"
     : >"$dir/rabbitmq-env.conf"
