@@ -44,6 +44,9 @@ const POLL: Duration = Duration::from_millis(100);
 /// The longest wait for a publisher confirm before the connection is
 /// deemed dead.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often confirms are looked at while messages are in flight and the
+/// local queue is empty.
+const CONFIRM_POLL: Duration = Duration::from_millis(1);
 /// Backoff between connection attempts: from the first to the last, doubling.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -239,96 +242,121 @@ fn session_out(
         .map_err(|e| Fatal(format!("local queue {}: {e}", link.local)))?
         .max_msg_len;
     let mut buf = vec![0u8; len];
-    // In publish order: the local hold, the broker's confirm, the size.
-    let mut inflight: VecDeque<(Pending<'_>, PublisherConfirm, usize)> = VecDeque::new();
+    // In publish order: the local hold, the broker's confirm, the size,
+    // when it was published.
+    let mut inflight: VecDeque<(Pending<'_>, PublisherConfirm, usize, Instant)> = VecDeque::new();
     let routing = link.remote.as_str();
     let r = loop {
-        let stopping = stop.load(Relaxed);
-        if stopping && inflight.is_empty() {
-            break Ok(());
-        }
-        if !stopping && inflight.len() < window {
-            let wait = if inflight.is_empty() {
-                POLL
-            } else {
-                Duration::ZERO
+        // Settle, in order, every message the broker has answered for.
+        let mut settled = Ok(());
+        loop {
+            let must_wait = inflight.len() >= window || stop.load(Relaxed);
+            let Some((_, c, _, at)) = inflight.front_mut() else {
+                break;
             };
-            match mq.recv_pending_timeout(&mut buf, wait) {
-                Ok(p) => {
-                    let n = p.len();
-                    let prio = p.priority();
-                    let mut headers = FieldTable::default();
-                    headers.insert(
-                        PRIO_HEADER.into(),
-                        AMQPValue::LongInt(i32::try_from(prio).unwrap_or(i32::MAX)),
-                    );
-                    let props = BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_priority(link.prio.to_amqp(prio))
-                        .with_headers(headers);
-                    let c = rt.block_on(ch.basic_publish(
-                        "".into(),
-                        routing.into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..BasicPublishOptions::default()
-                        },
-                        &buf[..n],
-                        props,
-                    ));
-                    match c {
-                        Ok(c) => {
-                            inflight.push_back((p, c, n));
-                            stats.in_flight.store(inflight.len() as u64, Relaxed);
-                            continue;
-                        }
-                        Err(e) => break Err(Retry(format!("publish: {e}"))),
+            let ready = if must_wait {
+                // Nothing else to do: wait for it.
+                let left = CONFIRM_TIMEOUT.saturating_sub(at.elapsed());
+                rt.block_on(async { tokio::time::timeout(left, c).await })
+                    .map_err(|_| Retry("no confirm from the broker in 30 s".into()))
+            } else {
+                match rt.block_on(futures_lite::future::poll_once(c)) {
+                    Some(r) => Ok(r),
+                    None if at.elapsed() >= CONFIRM_TIMEOUT => {
+                        Err(Retry("no confirm from the broker in 30 s".into()))
                     }
+                    None => break,
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => break Err(Fatal(format!("local queue {}: {e}", link.local))),
+            };
+            let Some((p, _, n, _)) = inflight.pop_front() else {
+                break;
+            };
+            settled = match ready {
+                Ok(Ok(Confirmation::Ack(None))) => match p.ack() {
+                    Ok(()) => {
+                        stats.messages.fetch_add(1, Relaxed);
+                        stats.bytes.fetch_add(n as u64, Relaxed);
+                        Ok(())
+                    }
+                    Err(e) => Err(Fatal(format!("local ack {}: {e}", link.local))),
+                },
+                Ok(Ok(Confirmation::Ack(Some(_)))) => {
+                    Err(Retry(format!("broker queue {} not found", link.remote)))
+                }
+                Ok(Ok(Confirmation::Nack(_))) => Err(Retry("the broker refused a message".into())),
+                Ok(Ok(Confirmation::NotRequested)) => {
+                    Err(Retry("publisher confirms not in force".into()))
+                }
+                Ok(Err(e)) => Err(Retry(format!("confirm: {e}"))),
+                Err(e) => Err(e),
+            };
+            // Not confirmed: back to the local queue (dropping returns it).
+            stats.in_flight.store(inflight.len() as u64, Relaxed);
+            if settled.is_err() {
+                break;
             }
         }
-        let Some((p, c, n)) = inflight.pop_front() else {
-            if !conn.status().connected() {
-                break Err(Retry("connection lost".into()));
+        if let Err(e) = settled {
+            break Err(e);
+        }
+        if stop.load(Relaxed) {
+            if inflight.is_empty() {
+                break Ok(());
             }
             continue;
+        }
+        if inflight.len() >= window {
+            continue;
+        }
+        // Wait long for a message when nothing is in flight; else briefly,
+        // to look at the confirms again soon.
+        let wait = if inflight.is_empty() {
+            POLL
+        } else {
+            CONFIRM_POLL
         };
-        let confirm = rt.block_on(async { tokio::time::timeout(CONFIRM_TIMEOUT, c).await });
-        stats.in_flight.store(inflight.len() as u64, Relaxed);
-        match confirm {
-            Ok(Ok(Confirmation::Ack(None))) => {
-                if let Err(e) = p.ack() {
-                    break Err(Fatal(format!("local ack {}: {e}", link.local)));
+        match mq.recv_pending_timeout(&mut buf, wait) {
+            Ok(p) => {
+                let n = p.len();
+                let prio = p.priority();
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    PRIO_HEADER.into(),
+                    AMQPValue::LongInt(i32::try_from(prio).unwrap_or(i32::MAX)),
+                );
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_priority(link.prio.to_amqp(prio))
+                    .with_headers(headers);
+                let c = rt.block_on(ch.basic_publish(
+                    "".into(),
+                    routing.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &buf[..n],
+                    props,
+                ));
+                match c {
+                    Ok(c) => {
+                        inflight.push_back((p, c, n, Instant::now()));
+                        stats.in_flight.store(inflight.len() as u64, Relaxed);
+                    }
+                    Err(e) => break Err(Retry(format!("publish: {e}"))),
                 }
-                stats.messages.fetch_add(1, Relaxed);
-                stats.bytes.fetch_add(n as u64, Relaxed);
             }
-            Ok(Ok(Confirmation::Ack(Some(_)))) => {
-                drop(p);
-                break Err(Retry(format!("broker queue {} not found", link.remote)));
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
+                if inflight.is_empty() && !conn.status().connected() {
+                    break Err(Retry("connection lost".into()));
+                }
             }
-            Ok(Ok(Confirmation::Nack(_))) => {
-                drop(p);
-                break Err(Retry("the broker refused a message".into()));
-            }
-            Ok(Ok(Confirmation::NotRequested)) => {
-                drop(p);
-                break Err(Retry("publisher confirms not in force".into()));
-            }
-            Ok(Err(e)) => {
-                drop(p);
-                break Err(Retry(format!("confirm: {e}")));
-            }
-            Err(_) => {
-                drop(p);
-                break Err(Retry("no confirm from the broker in 30 s".into()));
-            }
+            Err(e) => break Err(Fatal(format!("local queue {}: {e}", link.local))),
         }
     };
     // Whatever was not confirmed goes back to the local queue, at its place.

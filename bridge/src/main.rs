@@ -249,6 +249,11 @@ fn run(args: RunArgs) -> Result<(), String> {
     };
     while !threads.iter().all(|t| t.is_finished()) {
         std::thread::sleep(Duration::from_millis(50));
+        // A bridge ends on its own only on a local error no reconnection
+        // cures: stop the others too, and exit 1 for a supervisor to see.
+        if threads.iter().any(|t| t.is_finished()) {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if Instant::now() >= next {
             emit(&reporter.report());
             next += every;
@@ -295,5 +300,73 @@ fn main() -> ExitCode {
             eprintln!("shmq-bridge: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> RunArgs {
+        match Cli::parse_from(v).cmd {
+            Cmd::Run(a) => a,
+            Cmd::Status { .. } => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn example_config() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/example.toml");
+        let a = args(&[
+            "b",
+            "run",
+            "--config",
+            path,
+            "--url",
+            "amqp://u:p@h/",
+            "--in",
+            "x=/y",
+        ]);
+        let (url, links, status, report, json) = build(a).unwrap();
+        assert_eq!(url, "amqp://u:p@h/");
+        assert_eq!(status.unwrap(), PathBuf::from("/tmp/shmq-bridge.json"));
+        assert_eq!((report, json), (5.0, false));
+        let names: Vec<_> = links.iter().map(Link::name).collect();
+        assert_eq!(
+            names,
+            [
+                "out /orders -> orders",
+                "out /alerts -> alerts",
+                "in invoices -> /invoices",
+                "in x -> /y"
+            ]
+        );
+        assert_eq!(links[1].window, 16);
+        assert_eq!(links[1].prio.max_amqp(), 2);
+        assert_eq!(links[0].prio.max_amqp(), 9);
+        assert_eq!(links[2].create, Some((1000, 4096)));
+        assert_eq!(links[3].create, None);
+        assert!(links.iter().all(|l| l.exact_priority));
+    }
+
+    #[test]
+    fn url_from_the_environment_and_errors() {
+        let a = args(&[
+            "b",
+            "run",
+            "--url-env",
+            "SHMQ_BRIDGE_TEST_NO_SUCH_VAR",
+            "--out",
+            "/a=b",
+        ]);
+        assert!(
+            build(a)
+                .unwrap_err()
+                .contains("SHMQ_BRIDGE_TEST_NO_SUCH_VAR")
+        );
+        let a = args(&["b", "run", "--url", "amqp://h/"]);
+        assert!(build(a).unwrap_err().contains("nothing to bridge"));
+        let a = args(&["b", "run", "--url", "amqp://h/", "--out", "/a"]);
+        assert!(build(a).unwrap_err().contains("A=B"));
     }
 }

@@ -352,12 +352,25 @@ fn shutdown_and_status(b: &Broker, work: &Path) {
         "st-out",
         work,
     );
-    for i in 0..2000u64 {
-        a.send(1, msg(0, i).as_bytes()).unwrap();
-    }
+    // Messages keep coming while the bridge is told to stop.
+    let a = Arc::new(a);
+    let sender = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while a
+                .send_timeout(1, msg(0, i).as_bytes(), Duration::from_secs(2))
+                .is_ok()
+            {
+                i += 1;
+            }
+            i
+        })
+    };
     std::thread::sleep(Duration::from_millis(1500));
-    let text = out.stderr();
     let (st, took) = out.term();
+    let text = std::fs::read_to_string(work.join("st-out.stderr")).unwrap();
+    let sent = sender.join().unwrap();
     assert!(st.success(), "SIGTERM: clean exit, got {st}");
     assert!(took < Duration::from_secs(5), "stopped in {took:?}");
     let file = std::fs::read_to_string(&status).unwrap();
@@ -374,9 +387,13 @@ fn shutdown_and_status(b: &Broker, work: &Path) {
     assert_eq!(br["name"], "out /s -> st");
     let carried = br["messages"].as_u64().unwrap();
     let left = a.attributes().unwrap().current_messages as u64;
+    assert!(
+        carried > 0 && left > 0,
+        "stopped mid-flow: {carried} {left}"
+    );
     assert_eq!(
         carried + left,
-        2000,
+        sent,
         "carried or still here, nothing in between"
     );
     let status_cmd = Command::new(BIN)
@@ -386,8 +403,34 @@ fn shutdown_and_status(b: &Broker, work: &Path) {
         .unwrap();
     assert!(status_cmd.status.success());
     eprintln!(
-        "  SIGTERM after {carried} of 2000 carried ({left} left locally): exit 0 in {took:?}"
+        "  SIGTERM mid-flow: {sent} sent, {carried} carried, {left} left locally: exit 0 in {took:?}"
     );
+}
+
+/// A local queue that cannot be opened stops the whole process with
+/// status 1, naming it, for a supervisor to see.
+fn local_error_stops(b: &Broker, work: &Path) {
+    let d = work.join("le");
+    std::fs::create_dir_all(&d).unwrap();
+    let mut br = bridge(
+        &b.url(),
+        &d,
+        &["--out", "/missing=le", "--in", "le2=/other"],
+        "le",
+        work,
+    );
+    let t = Instant::now();
+    let st = loop {
+        if let Some(st) = br.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(st.code(), Some(1));
+    let text = br.stderr();
+    assert!(text.contains("local queue /missing"), "{text}");
+    eprintln!("  missing local queue: exit 1 in {:?}", t.elapsed());
 }
 
 /// The soak: producers on A, a consumer on B, the bridges kill -9ed and the
@@ -541,10 +584,11 @@ fn main() {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
     let broker = Broker::start(work.join("broker"));
-    let cases: [(&str, Case); 4] = [
+    let cases: [(&str, Case); 5] = [
         ("end_to_end", end_to_end),
         ("priority_buckets", priority_buckets),
         ("shutdown_and_status", shutdown_and_status),
+        ("local_error_stops", local_error_stops),
         ("soak", soak),
     ];
     let filter = args.iter().find(|a| !a.starts_with('-'));
