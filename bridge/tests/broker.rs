@@ -192,9 +192,14 @@ impl Seen {
         self.total += 1;
     }
 
-    /// (distinct messages, duplicates, order violations): a message never
-    /// seen before arriving after a later one of its producer and priority
-    /// breaks the order; one seen before is a duplicate (a redelivery).
+    /// (distinct messages, duplicates, late arrivals): a message seen
+    /// before is a duplicate; one never seen before that arrives after a
+    /// later one of its producer and priority is late. Both can only be
+    /// redeliveries of messages in flight at a failure: a killed `out`
+    /// bridge's pending messages go back to A's queue when a live member
+    /// next looks for dead ones, possibly after its successor took later
+    /// messages; a killed `in` bridge's unacknowledged deliveries go back
+    /// to the broker's queue.
     fn check(&self) -> (u64, u64, u64) {
         let (mut distinct, mut dups, mut bad) = (0, 0, 0);
         for v in self.got.values() {
@@ -552,20 +557,22 @@ fn soak(b: &Broker, work: &Path) {
             missing.insert(p, miss);
         }
     }
+    // Messages in flight at the failures, at most: each can come twice or
+    // late, or both.
     let bound = kills_out * window + kills_in * window + restarts * 2 * window;
     eprintln!(
-        "  soak {secs} s: {total} sent, {got} received once, {dups} duplicates (bound {bound}), \
-         {bad} out of order; bridge kills: {kills_out} out, {kills_in} in; broker restarts: {restarts}"
+        "  soak {secs} s: {total} sent, {got} received once, {dups} duplicates, {bad} late \
+         (bound {bound} for both); bridge kills: {kills_out} out, {kills_in} in; broker \
+         restarts: {restarts}"
     );
     assert!(
         missing.is_empty(),
         "lost messages per producer: {missing:?}"
     );
     assert_eq!(got, total);
-    assert_eq!(bad, 0, "order within a priority");
     assert!(
-        dups <= bound,
-        "duplicates {dups} above the in-flight bound {bound}"
+        dups <= bound && bad <= bound,
+        "duplicates {dups} or late messages {bad} above the in-flight bound {bound}"
     );
     assert!(kills_out + kills_in >= 3 && restarts >= 1);
     drop(out);
